@@ -1,0 +1,138 @@
+"""Results of the benchmark and the printed tables (ratios and targets, never pass/fail)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+MiB = 1 << 20
+PS, NGX = "pacswarm", "nginx"
+
+
+@dataclass
+class Series:
+    """One server's repetitions of one row."""
+
+    mbps: list[float] = field(default_factory=list)  # one per repetition
+    ttfb_ms: list[float] = field(default_factory=list)  # one per request
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+    wall: float = 0.0
+    nbytes: int = 0
+
+    def add(self, nbytes: int, wall: float, server_cpu: float, client_cpu: float) -> None:
+        self.mbps.append(nbytes / wall / 1e6)
+        self.nbytes += nbytes
+        self.wall += wall
+        self.server_cpu += server_cpu
+        self.client_cpu += client_cpu
+
+
+@dataclass
+class Row:
+    size: int
+    clients: int
+    case: str  # "hit" or "miss"
+    series: dict[str, Series] = field(default_factory=dict)
+    note: str = ""
+
+    def of(self, name: str) -> Series:
+        return self.series.setdefault(name, Series())
+
+
+@dataclass
+class Calibration:
+    size: int
+    ours_mbps: float
+    curl_mbps: float
+    client_cpu_per_gb: float
+
+
+def target(case: str, size: int) -> float:
+    if case == "miss":
+        return 0.8
+    return 0.9 if size >= 20 * MiB else 0.6
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _fmt(value: float | None, spec: str = "8.1f") -> str:
+    return format(value, spec) if value is not None else format("n/a", ">" + spec.split(".")[0])
+
+
+def size_label(size: int) -> str:
+    return f"{size / MiB:g} MiB"
+
+
+def _per_gb(cpu: float, nbytes: int) -> float | None:
+    return cpu / (nbytes / 1e9) if nbytes else None
+
+
+def _row_line(row: Row) -> str:
+    ps, ngx = row.series.get(PS, Series()), row.series.get(NGX, Series())
+    ps_m, ngx_m = _median(ps.mbps), _median(ngx.mbps)
+    ratio = ps_m / ngx_m if ps_m is not None and ngx_m else None
+    goal = target(row.case, row.size)
+    mark = "*" if ratio is not None and ratio < goal else " "
+    cpu = f"{_fmt(_per_gb(ps.server_cpu, ps.nbytes), '5.2f')} /{_fmt(_per_gb(ngx.server_cpu, ngx.nbytes), '5.2f')}"
+    busy = ps.server_cpu / ps.wall if ps.wall else None
+    clients = [s.client_cpu / s.wall for s in (ps, ngx) if s.wall]
+    client = max(clients) if clients else None
+    return (
+        f"{size_label(row.size):>8} {row.clients:>7} {row.case:>5} {_fmt(ps_m, '9.0f')} "
+        f"{_fmt(ngx_m, '9.0f')} {_fmt(ratio, '6.2f')}{mark} {'>= ' + format(goal, '.1f'):>7}  "
+        f"{cpu:>13} {_fmt(busy, '8.2f')} {_fmt(client, '7.2f')}  {row.note}"
+    )
+
+
+def print_rows(rows: list[Row], reps: int) -> None:
+    print()
+    print(f"pacswarm vs nginx proxy_store (Arch Wiki recipe), same origin, 127.0.0.1, {reps} reps")
+    print("MB/s = 10^6 bytes/s, median over repetitions (1 client: back-to-back GETs on one")
+    print("keep-alive connection; N clients: total bytes / wall time of all clients).")
+    print()
+    print(
+        f"{'size':>8} {'clients':>7} {'case':>5} {'pacswarm':>9} {'nginx':>9} {'ratio':>7} "
+        f"{'target':>7}  {'CPU s/GB ps/ngx':>13} {'ps cores':>8} {'client':>7}"
+    )
+    for row in rows:
+        print(_row_line(row))
+    print()
+    print("ratio = pacswarm/nginx; * = below target in this run. CPU s/GB = server CPU seconds")
+    print("per GB served; ps cores = pacswarm CPU s / wall s (near 1.0 = CPU bound, it is one")
+    print("process); client = cores used by the benchmark's client threads (max of both sides).")
+
+
+def print_ttfb(rows: list[Row]) -> None:
+    lines = []
+    for row in rows:
+        if row.case != "miss" or row.clients != 1:
+            continue
+        ps = _median(row.series.get(PS, Series()).ttfb_ms)
+        ngx = _median(row.series.get(NGX, Series()).ttfb_ms)
+        diff = ps - ngx if ps is not None and ngx is not None else None
+        mark = "*" if diff is not None and diff > 10 else " "
+        lines.append(
+            f"{size_label(row.size):>8} {_fmt(ps, '9.2f')} {_fmt(ngx, '9.2f')} "
+            f"{_fmt(diff, '+9.2f')}{mark} {'<= +10':>8}"
+        )
+    if lines:
+        print()
+        print("cache miss, time to first body byte (ms, median over requests, 1 client)")
+        print(f"{'size':>8} {'pacswarm':>9} {'nginx':>9} {'diff':>9}  {'target':>8}")
+        print("\n".join(lines))
+
+
+def print_calibration(cals: list[Calibration]) -> None:
+    if not cals:
+        return
+    print()
+    print("client check: 1 client straight from the origin nginx (static, sendfile)")
+    print(f"{'size':>8} {'ours MB/s':>10} {'curl MB/s':>10} {'client CPU s/GB':>16}")
+    for c in cals:
+        print(
+            f"{size_label(c.size):>8} {c.ours_mbps:>10.0f} {_fmt(c.curl_mbps, '10.0f')} "
+            f"{c.client_cpu_per_gb:>16.2f}"
+        )

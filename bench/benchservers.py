@@ -1,0 +1,164 @@
+"""The three servers of the benchmark, each behind the same small interface."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from benchprocs import NGINX, Proc, Registry, cpu_seconds, free_port, wait_ready
+from benchrepo import db_path
+
+_NGINX_MAIN = """{user}worker_processes 1;
+daemon off;
+master_process on;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    default_type application/octet-stream;
+    sendfile on;
+    access_log off;
+    keepalive_requests 100000;
+    client_body_temp_path {prefix}/client_temp;
+    proxy_temp_path {prefix}/proxy_temp;
+    fastcgi_temp_path {prefix}/fastcgi_temp;
+    uwsgi_temp_path {prefix}/uwsgi_temp;
+    scgi_temp_path {prefix}/scgi_temp;
+{body}
+}}
+"""
+
+_ORIGIN = """    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}"""
+
+# The Arch Wiki's "nginx as a pacman cache" recipe (proxy_store style), pointed at our origin.
+_PROXY_STORE = """    upstream mirrors {{
+        server 127.0.0.1:{origin_port};
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {store};
+        location ~ \\.(db|sig|files)$ {{
+            proxy_pass http://mirrors$request_uri;
+        }}
+        location ~ \\.tar\\.(xz|zst)$ {{
+            try_files $uri @pkg_mirror;
+        }}
+        location @pkg_mirror {{
+            proxy_store on;
+            proxy_redirect off;
+            proxy_store_access user:rw group:rw all:r;
+            proxy_temp_path {prefix}/store_temp;
+            proxy_next_upstream error timeout http_404;
+            proxy_pass http://mirrors$request_uri;
+        }}
+    }}"""
+
+
+def count_files(root: Path, size: int) -> int:
+    """Layout-agnostic cache probe: non-temporary files of exactly ``size`` bytes under root."""
+    count = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(".") or "tmp" in name or name.endswith(".part"):
+                continue
+            try:
+                count += os.stat(os.path.join(dirpath, name)).st_size == size
+            except OSError:
+                continue
+    return count
+
+
+def _start_nginx(reg: Registry, name: str, prefix: Path, body: str) -> Proc:
+    prefix.mkdir(parents=True, exist_ok=True)
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = prefix / "nginx.conf"
+    conf.write_text(_NGINX_MAIN.format(user=user, prefix=prefix, body=body))
+    argv = [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+    return reg.start(name, argv, prefix / "stdout.log")
+
+
+class Origin:
+    """A plain nginx static server: the "mirror" both proxies fetch from."""
+
+    name = "origin"
+
+    def __init__(self, reg: Registry, prefix: Path, root: Path) -> None:
+        self.port = free_port()
+        body = _ORIGIN.format(port=self.port, root=root)
+        self.proc = _start_nginx(reg, "nginx origin", prefix, body)
+        wait_ready(self.proc, self.port, db_path())
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.popen.pid)
+
+
+class NginxCache:
+    """nginx configured as the Arch Wiki's pacman proxy cache."""
+
+    name = "nginx"
+
+    def __init__(self, reg: Registry, prefix: Path, origin_port: int) -> None:
+        self.store = prefix / "store"
+        self.store.mkdir(parents=True)
+        self.port = free_port()
+        body = _PROXY_STORE.format(
+            port=self.port, origin_port=origin_port, store=self.store, prefix=prefix
+        )
+        self.proc = _start_nginx(reg, "nginx proxy_store", prefix, body)
+        wait_ready(self.proc, self.port, db_path())
+
+    def clear_cache(self) -> None:
+        shutil.rmtree(self.store)
+        self.store.mkdir()
+
+    def cached(self, size: int) -> int:
+        return count_files(self.store, size)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.popen.pid)
+
+
+class Pacswarm:
+    """pacswarm serve; an empty cache means a restart on a fresh --data-dir."""
+
+    name = "pacswarm"
+
+    def __init__(self, reg: Registry, root: Path, binary: str, mirrorlist: Path, gpgdir: Path):
+        self.reg, self.root, self.binary = reg, root, binary
+        self.mirrorlist, self.gpgdir = mirrorlist, gpgdir
+        self.generation = 0
+        self.port = 0
+        self.data_dir = root / "data-0"
+        self.proc: Proc | None = None
+        self._start()
+
+    def _start(self) -> None:
+        self.generation += 1
+        self.data_dir = self.root / f"data-{self.generation}"
+        self.data_dir.mkdir(parents=True)
+        self.port = free_port()
+        argv = [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}"]
+        argv += ["--data-dir", str(self.data_dir), "--mirrorlist", str(self.mirrorlist)]
+        argv += ["--gpgdir", str(self.gpgdir)]
+        self.proc = self.reg.start("pacswarm", argv, self.root / "pacswarm.log")
+        wait_ready(self.proc, self.port, db_path())  # like pacman -Sy: the db comes first
+
+    def clear_cache(self) -> None:
+        if self.proc is not None:
+            self.reg.stop(self.proc)
+            self.proc = None
+        shutil.rmtree(self.data_dir)
+        self._start()
+
+    def cached(self, size: int) -> int:
+        return count_files(self.data_dir, size)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.popen.pid) if self.proc is not None else 0.0
+
+    def log_tail(self) -> str:
+        return self.proc.log_tail() if self.proc is not None else ""

@@ -1,0 +1,5 @@
+import sys
+
+from pacswarm.cli import main
+
+sys.exit(main())

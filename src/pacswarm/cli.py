@@ -1,0 +1,120 @@
+"""The ``pacswarm`` command: init, serve, verify.
+
+Errors the user can fix (:class:`~pacswarm.errors.PacswarmError`) are printed as one line with
+what to do next, and exit 2; ``verify`` exits 1 for a package that fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pacswarm import __version__
+from pacswarm.config import Config, config_keys, load_config
+from pacswarm.errors import PacswarmError
+from pacswarm.node import initialise, resolve_mirrors, serve
+from pacswarm.verify import verify_signature
+
+log = logging.getLogger("pacswarm")
+
+
+def _node_flags(p: argparse.ArgumentParser) -> None:
+    keys = ", ".join(config_keys())
+    p.add_argument("--config", type=Path, help=f"TOML config file (keys: {keys})")
+    p.add_argument("--listen", metavar="HOST:PORT", help="pacman-facing address (127.0.0.1:7878)")
+    p.add_argument("--data-dir", type=Path, help="node state (/var/lib/pacswarm as root)")
+    p.add_argument("--mirrorlist", type=Path, help="pacman mirrorlist to read mirrors from")
+    p.add_argument("--gpgdir", type=Path, help="pacman keyring (/etc/pacman.d/gnupg)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pacswarm", description="A verifying pacman cache that shares packages over IPFS."
+    )
+    parser.add_argument("--version", action="version", version=f"pacswarm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="create the data directory and import the mirrorlist")
+    _node_flags(init)
+    srv = sub.add_parser("serve", help="run the node (runs init first if needed)")
+    _node_flags(srv)
+    ver = sub.add_parser("verify", help="check a package's signature like pacman-key -v")
+    ver.add_argument("package", type=Path)
+    ver.add_argument("--sig", type=Path, help="detached signature (default: PACKAGE.sig)")
+    ver.add_argument("--gpgdir", type=Path, help="pacman keyring (/etc/pacman.d/gnupg)")
+    ver.add_argument("--config", type=Path, help="TOML config file (for gpgdir)")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {
+        "listen": getattr(args, "listen", None),
+        "data_dir": getattr(args, "data_dir", None),
+        "mirrorlist": getattr(args, "mirrorlist", None),
+        "gpgdir": getattr(args, "gpgdir", None),
+        "log_level": getattr(args, "log_level", None),
+    }
+    return load_config(args.config, overrides)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_init(config: Config) -> int:
+    created, mirrors = initialise(config)
+    state = "created" if created else "already initialised"
+    print(f"{config.data_dir}: {state}; {len(mirrors)} mirror(s):")
+    for m in mirrors:
+        print(f"  Server = {m}")
+    return 0
+
+
+def cmd_serve(config: Config) -> int:
+    mirrors = resolve_mirrors(config)
+    asyncio.run(serve(config, mirrors))
+    return 0
+
+
+def cmd_verify(config: Config, package: Path, sig: Path | None) -> int:
+    sig = sig or package.with_name(package.name + ".sig")
+    try:
+        signature = sig.read_bytes()
+        if not package.is_file():
+            raise FileNotFoundError(package)
+    except OSError as e:
+        print(f"{e.filename}: cannot read ({e.strerror or 'no such file'})", file=sys.stderr)
+        return 1
+    verdict = asyncio.run(verify_signature(config.gpgdir, package, signature))
+    status = "OK" if verdict.ok else "FAILED"
+    print(f"{package}: {status}: {verdict.reason}")
+    return 0 if verdict.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _config(args)
+        _logging(config.log_level)
+        if args.command == "init":
+            return cmd_init(config)
+        if args.command == "serve":
+            return cmd_serve(config)
+        return cmd_verify(config, args.package, args.sig)
+    except PacswarmError as e:
+        print(f"pacswarm: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

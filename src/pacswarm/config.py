@@ -1,0 +1,172 @@
+"""Configuration: one TOML file plus command-line flags, validated into a frozen dataclass.
+
+Nothing here reads the environment at import time; :func:`load_config` is called once by the
+CLI and the resulting :class:`Config` is passed explicitly to whatever needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pacswarm.errors import ConfigError
+
+DEFAULT_PORT = 7878
+DEFAULT_MIRRORLIST = Path("/etc/pacman.d/mirrorlist")
+DEFAULT_GPGDIR = Path("/etc/pacman.d/gnupg")
+#: Used when there is no mirrorlist to import: Arch's own geo-balanced mirror.
+DEFAULT_MIRROR = "https://geo.mirror.pkgbuild.com/$repo/os/$arch"
+
+
+def default_data_dir() -> Path:
+    """``/var/lib/pacswarm`` for root (the system service), the XDG data dir otherwise."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/pacswarm")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "pacswarm"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a node. Keys of the TOML file have the same names as these fields."""
+
+    #: Where pacman connects. Loopback by default: the proxy is for this machine's pacman.
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_PORT
+    #: Node state: imported mirrorlist, repo dbs, package cache, metadata.
+    data_dir: Path = field(default_factory=default_data_dir)
+    #: Imported by ``pacswarm init``; given explicitly (flag or key) it is read on every start.
+    mirrorlist: Path = DEFAULT_MIRRORLIST
+    mirrorlist_explicit: bool = False
+    #: Explicit mirror URLs (with ``$repo``/``$arch``); when set, the mirrorlist is not used.
+    mirrors: tuple[str, ...] = ()
+    #: The pacman keyring whose trust decisions we copy.
+    gpgdir: Path = DEFAULT_GPGDIR
+    #: Seconds to establish a connection to a mirror before trying the next one.
+    connect_timeout: float = 5.0
+    #: Seconds without progress before a download moves to the next mirror. pacman gives up
+    #: after 10 s below 1 byte/s, so the switch (plus the new connection) must fit well inside.
+    stall_timeout: float = 4.0
+    #: Bytes per second below which a transfer counts as stalled (slow-retrieval attack).
+    min_speed: int = 4096
+    #: Seconds a failing mirror is skipped before it is tried again.
+    mirror_penalty: float = 120.0
+    #: A repo db whose contents are older than this many seconds is reported as possibly
+    #: frozen (a mirror replaying an old but valid state). Arch updates core daily.
+    db_freeze_after: float = 7 * 24 * 3600.0
+    log_level: str = "info"
+
+    @property
+    def listen(self) -> str:
+        return f"{self.listen_host}:{self.listen_port}"
+
+
+_TOML_KEYS = {
+    "listen",
+    "data_dir",
+    "mirrorlist",
+    "mirrors",
+    "gpgdir",
+    "connect_timeout",
+    "stall_timeout",
+    "min_speed",
+    "mirror_penalty",
+    "db_freeze_after",
+    "log_level",
+}
+
+
+def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{key} = {value!r}: expected HOST:PORT, for example 127.0.0.1:7878")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{key} = {value!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key} = {value!r}: port must be 0..65535")
+    return host, port
+
+
+def _positive(values: dict[str, Any], key: str) -> float:
+    value = values[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{key} = {value!r}: expected a positive number of seconds")
+    return float(value)
+
+
+def _apply(config: Config, values: dict[str, Any], source: str) -> Config:
+    """Validate ``values`` (from TOML or flags) and return ``config`` updated with them."""
+    unknown = set(values) - _TOML_KEYS
+    if unknown:
+        known = ", ".join(sorted(_TOML_KEYS))
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {known}")
+    changes: dict[str, Any] = {}
+    if "listen" in values:
+        changes["listen_host"], changes["listen_port"] = parse_listen(str(values["listen"]))
+    for key in ("data_dir", "gpgdir"):
+        if key in values:
+            if not isinstance(values[key], str | Path) or not str(values[key]):
+                raise ConfigError(f"{source}: {key} must be a directory path")
+            changes[key] = Path(values[key]).expanduser()
+    if "mirrorlist" in values:
+        changes["mirrorlist"] = Path(values["mirrorlist"]).expanduser()
+        changes["mirrorlist_explicit"] = True
+    if "mirrors" in values:
+        mirrors = values["mirrors"]
+        if not isinstance(mirrors, list | tuple) or not all(isinstance(m, str) for m in mirrors):
+            raise ConfigError(f"{source}: mirrors must be a list of URL strings")
+        for url in mirrors:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{source}: mirror {url!r} must start with http:// or https://")
+        changes["mirrors"] = tuple(mirrors)
+    for key in ("connect_timeout", "stall_timeout", "mirror_penalty", "db_freeze_after"):
+        if key in values:
+            changes[key] = _positive(values, key)
+    if "min_speed" in values:
+        if not isinstance(values["min_speed"], int) or values["min_speed"] < 0:
+            raise ConfigError(f"{source}: min_speed must be a whole number of bytes per second")
+        changes["min_speed"] = values["min_speed"]
+    if "log_level" in values:
+        level = str(values["log_level"]).lower()
+        if level not in {"debug", "info", "warning", "error"}:
+            raise ConfigError(f"{source}: log_level must be debug, info, warning or error")
+        changes["log_level"] = level
+    return replace(config, **changes)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path`` (if given), then flag ``overrides``."""
+    config = Config()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+        except FileNotFoundError:
+            msg = f"config file {path} does not exist; create it or drop --config"
+            raise ConfigError(msg) from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        config = _apply(config, values, str(path))
+    if overrides:
+        config = _apply(config, {k: v for k, v in overrides.items() if v is not None}, "flags")
+    if config.stall_timeout >= 10:
+        raise ConfigError(
+            f"stall_timeout = {config.stall_timeout}: must stay below pacman's 10 s "
+            "low-speed limit, or pacman gives up before pacswarm switches mirrors"
+        )
+    return config
+
+
+def config_keys() -> list[str]:
+    """The documented TOML keys (for ``--help`` and the README)."""
+    return sorted(_TOML_KEYS)
+
+
+__all__ = ["Config", "config_keys", "default_data_dir", "load_config", "parse_listen"]

@@ -1,0 +1,58 @@
+"""Mirror health: which mirrors to try, in which order. Pure; the clock is passed in.
+
+Mirrors keep their mirrorlist order (the user ranked them, often with rankmirrors). A mirror
+that errors, refuses or stalls is *penalised*: it moves behind the healthy ones until its
+penalty expires. Penalised mirrors are still tried last rather than never, so a node whose
+every mirror failed once is not stuck offline for the whole penalty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class MirrorState:
+    url: str
+    penalised_until: float = 0.0
+    failures: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class MirrorHealth:
+    urls: list[str]
+    penalty: float
+    _states: dict[str, MirrorState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._states = {url: MirrorState(url) for url in self.urls}
+
+    def ordered(self, now: float) -> list[str]:
+        """Healthy mirrors in mirrorlist order, then penalised ones, soonest-forgiven first."""
+        healthy = [u for u in self.urls if self._states[u].penalised_until <= now]
+        sick = sorted(
+            (u for u in self.urls if self._states[u].penalised_until > now),
+            key=lambda u: self._states[u].penalised_until,
+        )
+        return healthy + sick
+
+    def failed(self, url: str, reason: str, now: float) -> None:
+        """Penalise ``url``; repeated failures double the penalty, up to 16 times the base."""
+        state = self._states.get(url)
+        if state is None:
+            return
+        state.failures += 1
+        state.last_error = reason
+        factor = 2 ** min(state.failures - 1, 4)
+        state.penalised_until = now + self.penalty * factor
+
+    def succeeded(self, url: str) -> None:
+        state = self._states.get(url)
+        if state is not None:
+            state.failures = 0
+            state.penalised_until = 0.0
+            state.last_error = ""
+
+    def state(self, url: str) -> MirrorState:
+        return self._states[url]

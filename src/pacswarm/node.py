@@ -1,0 +1,132 @@
+"""One pacswarm node: wires the store, mirrors, dbs, downloads and the proxy together.
+
+Start-up order matters: the store recovers from any crash *before* the proxy accepts a
+request, so a restarted node never serves a file that was not verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from pacswarm.config import DEFAULT_MIRROR, Config
+from pacswarm.dbsync import RepoDbs
+from pacswarm.download import Downloader
+from pacswarm.errors import ConfigError, MirrorlistError
+from pacswarm.mirrorlist import parse_mirrorlist, read_mirrorlist, usable_mirrors
+from pacswarm.proxy import Proxy
+from pacswarm.store import Store
+from pacswarm.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+IMPORTED_MIRRORLIST = "mirrorlist"
+
+
+def initialise(config: Config) -> tuple[bool, list[str]]:
+    """Create the data directory and import the mirrorlist once. Idempotent.
+
+    Returns (created, mirrors). An existing import is never overwritten: edit
+    ``DATA_DIR/mirrorlist`` or pass ``--mirrorlist`` to change mirrors.
+    """
+    store = Store(config.data_dir)
+    created = store.initialise()
+    imported = config.data_dir / IMPORTED_MIRRORLIST
+    if imported.exists():
+        return created, parse_mirrorlist(imported.read_text(), str(imported))
+    mirrors: list[str] = []
+    if config.mirrorlist.exists():
+        mirrors = usable_mirrors(
+            read_mirrorlist(config.mirrorlist), config.listen_host, config.listen_port
+        )
+        source = str(config.mirrorlist)
+    if not mirrors:
+        mirrors = [DEFAULT_MIRROR]
+        source = "the built-in default (no usable mirrorlist found)"
+    text = f"# Imported by pacswarm init from {source}\n" + "".join(
+        f"Server = {m}\n" for m in mirrors
+    )
+    store.write_atomic(imported, text.encode())
+    log.info("imported %d mirror(s) from %s", len(mirrors), source)
+    return created, mirrors
+
+
+def resolve_mirrors(config: Config) -> list[str]:
+    """The mirrors to use: ``mirrors`` key, else an explicit mirrorlist, else the import."""
+    if config.mirrors:
+        candidates = list(config.mirrors)
+    elif config.mirrorlist_explicit:
+        candidates = read_mirrorlist(config.mirrorlist)
+    else:
+        _, candidates = initialise(config)
+    mirrors = usable_mirrors(candidates, config.listen_host, config.listen_port)
+    if not mirrors:
+        raise MirrorlistError(
+            "no usable mirror: every Server points at this node or the list is empty; "
+            f"add a mirror to {config.data_dir / IMPORTED_MIRRORLIST} or pass --mirrorlist"
+        )
+    return mirrors
+
+
+class Node:
+    def __init__(self, config: Config, mirrors: list[str]) -> None:
+        self.config = config
+        self.store = Store(config.data_dir)
+        self.upstream = Upstream(mirrors, config)
+        self.dbs = RepoDbs(self.store, self.upstream, config)
+        self.downloader = Downloader(self.store, self.upstream, config)
+        self.proxy = Proxy(self.store, self.dbs, self.downloader, self.upstream)
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        # Requests larger than this are not pacman's; aiohttp answers 400/431 for them.
+        app = web.Application(client_max_size=64 * 1024, handler_args={"max_field_size": 8190})
+        app.add_routes(self.proxy.routes())
+        return app
+
+    async def start(self) -> None:
+        self.store.open()
+        self.store.recover()
+        self.dbs.load_held()
+        await self.upstream.start()
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
+        try:
+            await site.start()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on {self.config.listen}: {e.strerror}; "
+                "is another pacswarm running? choose another with --listen HOST:PORT"
+            ) from None
+        log.info(
+            "pacswarm serving on http://%s (mirrors: %s)",
+            self.config.listen,
+            ", ".join(self.upstream.mirrors),
+        )
+
+    async def stop(self) -> None:
+        await self.downloader.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.upstream.close()
+        self.store.close()
+
+
+async def serve(config: Config, mirrors: list[str]) -> None:
+    """Run until SIGINT or SIGTERM."""
+    node = Node(config, mirrors)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await node.stop()

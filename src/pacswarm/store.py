@@ -1,0 +1,194 @@
+"""The node's files on disk: verified package cache, repo dbs, temp files, SQLite metadata.
+
+Layout of the data directory::
+
+    node.json                  created by ``pacswarm init`` (format version, creation time)
+    mirrorlist                 the imported mirrorlist (``Server =`` lines, in order)
+    pacswarm.sqlite            metadata of cached packages (WAL)
+    dbs/<repo>/<arch>/<file>   repo dbs as last fetched; mtime = upstream Last-Modified
+    cache/<repo>/<arch>/<file> verified packages and their .sig
+    tmp/                       downloads in progress (same filesystem, so rename is atomic)
+
+The invariant: a file is under ``cache/`` only if it passed verification. Downloads are written
+to ``tmp/`` and renamed into place afterwards; the package file is renamed last, after its
+signature and its metadata row, so a ``kill -9`` at any moment leaves either nothing or a
+complete verified entry. :meth:`Store.recover` removes leftovers at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pacswarm.requestpath import RequestPath
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS packages (
+    repo TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    added_at REAL NOT NULL,
+    PRIMARY KEY (repo, arch, filename)
+);
+"""
+
+
+@dataclass(frozen=True)
+class CachedPackage:
+    repo: str
+    arch: str
+    filename: str
+    sha256: str
+    size: int
+    source: str
+
+
+class Store:
+    """Owns the data directory. Paths are only built from validated :class:`RequestPath`s."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.cache_dir = data_dir / "cache"
+        self.db_dir = data_dir / "dbs"
+        self.tmp_dir = data_dir / "tmp"
+        self._sql: sqlite3.Connection | None = None
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def initialise(self) -> bool:
+        """Create the directory tree; True if this is a new node. Idempotent."""
+        new = not (self.data_dir / "node.json").exists()
+        for d in (self.data_dir, self.cache_dir, self.db_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if new:
+            info = {"format": FORMAT_VERSION, "created": int(time.time())}
+            self.write_atomic(self.data_dir / "node.json", json.dumps(info).encode() + b"\n")
+        return new
+
+    def open(self) -> None:
+        self.initialise()
+        self._sql = sqlite3.connect(self.data_dir / "pacswarm.sqlite", isolation_level=None)
+        self._sql.execute("PRAGMA journal_mode=WAL")
+        self._sql.execute("PRAGMA synchronous=NORMAL")
+        self._sql.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        if self._sql is not None:
+            self._sql.close()
+            self._sql = None
+
+    @property
+    def sql(self) -> sqlite3.Connection:
+        if self._sql is None:
+            raise RuntimeError("Store.open() was not called")
+        return self._sql
+
+    def recover(self) -> int:
+        """Undo what a crash left behind; returns how many files were removed.
+
+        Temp files are unverified by definition. A cache file with no metadata row was never
+        committed; a row with no file was interrupted between commit steps. Both are dropped.
+        """
+        removed = 0
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        query = "SELECT repo, arch, filename FROM packages"
+        rows = {(r, a, f) for r, a, f in self.sql.execute(query)}
+        on_disk: set[tuple[str, str, str]] = set()
+        for path in self.cache_dir.glob("*/*/*"):
+            repo, arch, name = path.parts[-3:]
+            if name.endswith(".sig"):
+                if (repo, arch, name.removesuffix(".sig")) in rows:
+                    continue
+            else:
+                on_disk.add((repo, arch, name))
+                if (repo, arch, name) in rows:
+                    continue
+            path.unlink(missing_ok=True)
+            removed += 1
+        for repo, arch, name in rows - on_disk:
+            self.sql.execute(
+                "DELETE FROM packages WHERE repo=? AND arch=? AND filename=?", (repo, arch, name)
+            )
+            (self.cache_dir / repo / arch / f"{name}.sig").unlink(missing_ok=True)
+        if removed:
+            log.warning("recovery: removed %d unverified or incomplete file(s)", removed)
+        return removed
+
+    # -- paths ----------------------------------------------------------------------------
+
+    def cache_path(self, rp: RequestPath) -> Path:
+        return self.cache_dir / rp.repo / rp.arch / rp.filename
+
+    def db_path(self, rp: RequestPath) -> Path:
+        return self.db_dir / rp.repo / rp.arch / rp.filename
+
+    def new_temp(self, hint: str) -> tuple[int, Path]:
+        fd, name = tempfile.mkstemp(prefix=f"{hint[:60]}.", suffix=".part", dir=self.tmp_dir)
+        return fd, Path(name)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def write_atomic(self, dest: Path, data: bytes, mtime: float | None = None) -> None:
+        """Write a small file so that readers see the old or the new content, never half."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:60]}.", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if mtime is not None:
+                os.utime(tmp, (mtime, mtime))
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def commit_package(
+        self, rp: RequestPath, temp: Path, sha256: str, size: int, signature: bytes, source: str
+    ) -> Path:
+        """Move a *verified* download into the cache (signature, row, then package)."""
+        dest = self.cache_path(rp)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.write_atomic(dest.with_name(dest.name + ".sig"), signature)
+        self.sql.execute(
+            "INSERT OR REPLACE INTO packages VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rp.repo, rp.arch, rp.filename, sha256, size, source, time.time()),
+        )
+        with open(temp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, dest)
+        return dest
+
+    def remove_package(self, rp: RequestPath) -> None:
+        """Drop a cached package (bit rot, eviction). File first: no row means not served."""
+        dest = self.cache_path(rp)
+        dest.unlink(missing_ok=True)
+        dest.with_name(dest.name + ".sig").unlink(missing_ok=True)
+        self.sql.execute(
+            "DELETE FROM packages WHERE repo=? AND arch=? AND filename=?",
+            (rp.repo, rp.arch, rp.filename),
+        )
+
+    def cached(self) -> list[CachedPackage]:
+        return [
+            CachedPackage(*row)
+            for row in self.sql.execute(
+                "SELECT repo, arch, filename, sha256, size, source FROM packages ORDER BY added_at"
+            )
+        ]
