@@ -19,6 +19,7 @@ import enum
 import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -39,6 +40,8 @@ HOLDBACK = 64 * 1024
 READ_CHUNK = 256 * 1024
 #: How often the stall watchdog looks at progress.
 WATCHDOG_TICK = 0.25
+#: Seconds a failed file refuses resumed (Range) requests: a day covers "retry tomorrow".
+TAINT_MEMORY = 24 * 3600.0
 
 
 class State(enum.Enum):
@@ -114,10 +117,23 @@ class Downloader:
         self.config = config
         self.on_committed: list[Committed] = []
         self._active: dict[tuple[str, str, str], Download] = {}
+        #: Files whose last transfer was cut for failing verification, with the time. A client
+        #: resuming one of them holds bad bytes; see :meth:`resume_is_tainted`.
+        self._tainted: dict[tuple[str, str, str], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def active(self, rp: RequestPath) -> Download | None:
         return self._active.get((rp.repo, rp.arch, rp.filename))
+
+    def resume_is_tainted(self, rp: RequestPath) -> bool:
+        """True if a Range request for ``rp`` would extend a partial file of bad bytes.
+
+        pacman keeps the ``.part`` of a cut transfer and resumes it with Range. After a
+        verification failure that prefix is wrong, and appending good bytes to it only yields
+        another failure; refusing the resume with a 4xx makes pacman drop the ``.part``.
+        """
+        failed_at = self._tainted.get((rp.repo, rp.arch, rp.filename))
+        return failed_at is not None and time.monotonic() - failed_at < TAINT_MEMORY
 
     def get_or_start(self, rp: RequestPath, record: PackageRecord) -> Download:
         """Join the running download of ``rp`` or start one. Never awaits (no races)."""
@@ -186,6 +202,10 @@ class Downloader:
         with contextlib.suppress(OSError):
             os.close(dl.fd)
         dl.temp.unlink(missing_ok=True)
+        if dl.sources:  # bytes were sent to readers: their partial copies are suspect
+            if len(self._tainted) >= 4096:
+                self._tainted.pop(next(iter(self._tainted)))
+            self._tainted[key] = time.monotonic()
         log.error("download of %s failed, not cached: %s", dl.rp, reason)
 
     async def _verify(self, dl: Download, sha: hashlib._Hash, signature: bytes) -> None:

@@ -93,7 +93,15 @@ class Node:
         self.store.recover()
         self.dbs.load_held()
         await self.upstream.start()
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # One line per request at log_level = "debug" (status, size, time): enough to see a
+        # 304, a 206 resume or a cut transfer without a packet capture.
+        access = logging.getLogger("pacswarm.access") if self.config.log_level == "debug" else None
+        self._runner = web.AppRunner(
+            self.app(),
+            access_log=access,
+            access_log_format='%a "%r" %s %b %Tfs',
+            handle_signals=False,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
         try:

@@ -78,6 +78,12 @@ class Proxy:
         return web.FileResponse(copy.path, headers=headers)
 
     async def serve_package(self, request: web.Request, rp: RequestPath) -> web.StreamResponse:
+        if request.headers.get("Range") and self.downloader.resume_is_tainted(rp):
+            log.warning("refused to resume %s: the partial copy came from a bad transfer", rp)
+            raise web.HTTPRequestRangeNotSatisfiable(
+                text="pacswarm: this partial download came from a transfer that failed "
+                "verification; delete the .part file and download again\n"
+            )
         cached = self.store.cache_path(rp)
         if cached.is_file():
             return web.FileResponse(cached, headers={"Content-Type": OCTETS})

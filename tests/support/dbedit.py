@@ -1,0 +1,33 @@
+"""Editing a repo db in a mirror tree, to model what real mirrors serve."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+
+def strip_pgpsig(repo_dir: Path, repo: str) -> None:
+    """Remove ``%PGPSIG%`` from every entry, as pacman 6.1+ repo-add (and Arch) may do.
+
+    The ``.sig`` file next to each package then is the only signature source. Member mtimes
+    and the db file's mtime are kept, so the db does not look newer or older.
+    """
+    src = repo_dir / f"{repo}.db.tar.gz"
+    stat = src.stat()
+    out = io.BytesIO()
+    with tarfile.open(src, "r:gz") as old, tarfile.open(fileobj=out, mode="w:gz") as new:
+        for member in old:
+            data = old.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            if data is not None and member.name.endswith("/desc"):
+                blocks = data.decode().split("\n\n")
+                data = "\n\n".join(b for b in blocks if not b.startswith("%PGPSIG%")).encode()
+                member.size = len(data)
+            new.addfile(member, io.BytesIO(data) if data is not None else None)
+    for name in (f"{repo}.db.tar.gz", f"{repo}.db"):
+        path = repo_dir / name
+        if path.is_symlink():
+            continue
+        path.write_bytes(out.getvalue())
+        os.utime(path, (stat.st_atime, stat.st_mtime))
