@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 class RangeNotSatisfiable(ValueError):
