@@ -28,10 +28,24 @@ from types import FrameType
 from typing import Protocol
 
 from benchprocs import Registry
-from benchrepo import Package, check_trust, db_path, kill_agents, make_keys, make_packages
-from benchrepo import repo_dir, write_db
-from benchreport import NGX, PS, Calibration, Row, print_calibration, print_rows, print_ttfb
-from benchreport import size_label
+from benchrepo import (
+    Package,
+    check_trust,
+    kill_agents,
+    make_keys,
+    make_packages,
+    repo_dir,
+    write_db,
+)
+from benchreport import (
+    PS,
+    Calibration,
+    Row,
+    print_calibration,
+    print_rows,
+    print_ttfb,
+    size_label,
+)
 from benchservers import NginxCache, Origin, Pacswarm
 from httpclient import get_once, run_clients
 
@@ -49,7 +63,7 @@ class Server(Protocol):
 
     def clear_cache(self) -> None: ...
     def cached(self, size: int) -> int: ...
-    def cpu(self) -> float: ...
+    def cpu(self) -> tuple[float, float]: ...
 
 
 @dataclass
@@ -63,6 +77,7 @@ class Settings:
     pacswarm: str | None
     hit_bytes: int  # bytes a hit repetition moves, at least one GET per client
     miss_bytes: int  # bytes a 1-client miss repetition moves, at least one GET
+    splice: bool  # client discards bodies with splice(2) instead of recv_into
 
 
 @dataclass
@@ -88,6 +103,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     p.add_argument("--pacswarm", help="pacswarm executable (default: next to this python)")
     p.add_argument("--nginx-only", action="store_true", help="do not run pacswarm")
+    p.add_argument(
+        "--client",
+        choices=["recv", "splice"],
+        default="recv",
+        help="recv: copy bodies to user space like pacman/curl (default); splice: zero-copy "
+        "to /dev/null, so the client takes less CPU from the servers on a small machine",
+    )
     a = p.parse_args(argv)
     default_sizes = "1,20" if a.quick else "1,20,300"
     sizes = [int(float(s) * MiB) for s in (a.sizes or default_sizes).split(",") if s.strip()]
@@ -101,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         pacswarm=None if a.nginx_only else (a.pacswarm or _default_pacswarm()),
         hit_bytes=(64 if a.quick else 256) * MiB,
         miss_bytes=(32 if a.quick else 64) * MiB,
+        splice=a.client == "splice",
     )
 
 
@@ -123,3 +146,249 @@ def package_counts(s: Settings) -> dict[int, int]:
 def check_time(bench: Bench) -> None:
     if time.monotonic() > bench.deadline:
         raise OutOfTime(f"time limit of {bench.settings.time_limit:.0f} s reached")
+
+
+def miss_plans(bench: Bench, size: int, clients: int) -> list[list[str]]:
+    """Distinct packages, so every GET is a miss: 1 client walks a few, N clients split all."""
+    pkgs = bench.packages[size]
+    if clients == 1:
+        count = min(len(pkgs), max(1, math.ceil(bench.settings.miss_bytes / size)))
+        return [[p.path for p in pkgs[:count]]]
+    return [[p.path for p in pkgs[i::clients]] for i in range(clients)]
+
+
+def hit_plans(bench: Bench, size: int, clients: int) -> list[list[str]]:
+    """Client i cycles through packages i, i+N, ... until the repetition moved hit_bytes."""
+    pkgs = bench.packages[size]
+    per_client = max(1, math.ceil(bench.settings.hit_bytes / (clients * size)))
+    return [
+        [pkgs[(i + j * clients) % len(pkgs)].path for j in range(per_client)]
+        for i in range(clients)
+    ]
+
+
+def measure(bench: Bench, server: Server, row: Row, plans: list[list[str]]) -> None:
+    """One repetition against one server; checks every body had the package's size."""
+    own0, helpers0 = server.cpu()
+    run = run_clients(server.port, plans, REQUEST_TIMEOUT, splice=bench.settings.splice)
+    own1, helpers1 = server.cpu()
+    short = [f for f in run.fetches if f.nbytes != row.size]
+    if short:
+        raise RuntimeError(f"{server.name}: {short[0].path} came back with {short[0].nbytes} B")
+    series = row.of(server.name)
+    series.add(run.nbytes, run.wall, (own1 - own0, helpers1 - helpers0), run.cpu)
+    if row.case == "miss":
+        series.ttfb_ms.extend(f.ttfb * 1000 for f in run.fetches)
+        series.tail_ms.extend(f.tail_wait * 1000 for f in run.fetches if f.tail_at)
+
+
+def drop_pacswarm(bench: Bench, row: Row | None, error: BaseException) -> None:
+    """pacswarm failed: say why (with its log) and go on measuring nginx alone."""
+    server = next((s for s in bench.servers if s.name == PS), None)
+    tail = server.log_tail() if isinstance(server, Pacswarm) else ""
+    bench.notes.append(f"pacswarm failed ({error}); later rows are nginx only. Log tail:\n{tail}")
+    bench.servers = [s for s in bench.servers if s.name != PS]
+    if row is not None:
+        row.note = "pacswarm failed"
+
+
+def run_row(bench: Bench, size: int, clients: int, case: str) -> None:
+    row = Row(size, clients, case)
+    bench.rows.append(row)
+    make = miss_plans if case == "miss" else hit_plans
+    plans = make(bench, size, clients)
+    for rep in range(bench.settings.reps):
+        check_time(bench)
+        order = bench.servers if rep % 2 == 0 else list(reversed(bench.servers))
+        for server in order:
+            try:
+                if case == "miss":
+                    server.clear_cache()
+                    os.sync()  # earlier repetitions' writeback must not cost this one
+                measure(bench, server, row, plans)
+            except (OSError, RuntimeError) as e:
+                if server.name != PS:
+                    raise
+                drop_pacswarm(bench, row, e)
+        print(f"  {size_label(size)} x{clients} {case} rep {rep + 1}: {_progress(row)}", flush=True)
+
+
+def _progress(row: Row) -> str:
+    return ", ".join(f"{name} {s.mbps[-1]:.0f} MB/s" for name, s in row.series.items() if s.mbps)
+
+
+def warm(bench: Bench, server: Server, size: int) -> None:
+    """GET every package once through ``server`` and wait until its cache holds them all."""
+    pkgs = bench.packages[size]
+    for pkg in pkgs:
+        fetch = get_once(server.port, pkg.path, REQUEST_TIMEOUT)
+        if fetch.status != 200:
+            raise RuntimeError(f"{server.name}: GET {pkg.path}: HTTP {fetch.status}")
+    deadline = time.monotonic() + 60
+    while server.cached(size) < len(pkgs):
+        check_time(bench)
+        if time.monotonic() > deadline:
+            bench.notes.append(
+                f"{server.name}: after 60 s only {server.cached(size)} of {len(pkgs)} "
+                f"{size_label(size)} packages found in its cache dir; hits may be misses"
+            )
+            return
+        time.sleep(0.1)
+
+
+def curl_mbps(port: int, paths: list[str]) -> float | None:
+    """The same GETs with curl on one connection (bodies to /dev/null), as a client check."""
+    curl = shutil.which("curl")
+    if curl is None:
+        return None
+    argv = [curl, "-s", "-w", "%{size_download} %{time_total}\\n"]
+    for path in paths:
+        argv += ["-o", "/dev/null", f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False).stdout
+    pairs = [line.split() for line in out.splitlines() if line.strip()]
+    nbytes, seconds = sum(float(p[0]) for p in pairs), sum(float(p[1]) for p in pairs)
+    return nbytes / seconds / 1e6 if seconds else None
+
+
+def calibrate(bench: Bench, size: int) -> None:
+    """Our client and curl straight from the origin: the client must not be the bottleneck."""
+    plan = hit_plans(bench, size, 1)[0]
+    for pkg in bench.packages[size]:  # also pulls the origin's files into the page cache
+        get_once(bench.origin.port, pkg.path, REQUEST_TIMEOUT)
+    port, splice = bench.origin.port, bench.settings.splice
+    runs = [run_clients(port, [plan], REQUEST_TIMEOUT, splice) for _ in range(3)]
+    best = max(runs, key=lambda r: r.nbytes / r.wall)
+    curl = curl_mbps(bench.origin.port, plan[:64])
+    per_gb = best.cpu / (best.nbytes / 1e9)
+    bench.cals.append(Calibration(size, best.nbytes / best.wall / 1e6, curl, per_gb))
+
+
+def run_size(bench: Bench, size: int) -> None:
+    print(f"{size_label(size)}:", flush=True)
+    calibrate(bench, size)
+    for clients in sorted({1, bench.settings.concurrency}):
+        run_row(bench, size, clients, "miss")
+    for server in list(bench.servers):
+        try:
+            warm(bench, server, size)
+        except (OSError, RuntimeError) as e:
+            if server.name != PS:
+                raise
+            drop_pacswarm(bench, None, e)
+    for clients in sorted({1, bench.settings.concurrency}):
+        run_row(bench, size, clients, "hit")
+
+
+def build_origin(
+    s: Settings, tmp: Path, homes: list[Path]
+) -> tuple[Path, dict[int, list[Package]]]:
+    """Keys, keyring, signed random packages and the repo db; returns (gpgdir, packages)."""
+    t0 = time.monotonic()
+    keys = make_keys(tmp / "keys", homes)
+    packages = make_packages(keys, tmp / "origin", package_counts(s))
+    flat = [p for size in sorted(packages) for p in packages[size]]
+    write_db(tmp / "origin", flat)
+    check_trust(keys, repo_dir(tmp / "origin") / flat[0].filename)
+    total = sum(p.size for p in flat)
+    print(
+        f"origin: {len(flat)} signed packages, {total / MiB:.0f} MiB, {time.monotonic() - t0:.1f} s"
+    )
+    return keys.gpgdir, packages
+
+
+def start_servers(
+    s: Settings, tmp: Path, reg: Registry, gpgdir: Path
+) -> tuple[Origin, list[Server], str]:
+    """Origin, nginx cache and (if it starts) pacswarm; the str says why pacswarm is missing."""
+    origin = Origin(reg, tmp / "nginx-origin", tmp / "origin")
+    servers: list[Server] = [NginxCache(reg, tmp / "nginx-cache", origin.port)]
+    if s.pacswarm is None:
+        return origin, servers, "pacswarm not run (--nginx-only)"
+    if not Path(s.pacswarm).exists():
+        return origin, servers, f"pacswarm not run: {s.pacswarm} does not exist"
+    mirrorlist = tmp / "mirrorlist"
+    mirrorlist.write_text(f"Server = http://127.0.0.1:{origin.port}/$repo/os/$arch\n")
+    try:
+        servers.insert(0, Pacswarm(reg, tmp / "pacswarm", s.pacswarm, mirrorlist, gpgdir))
+    except (OSError, RuntimeError) as e:
+        return origin, servers, f"pacswarm could not start: {e}"
+    return origin, servers, ""
+
+
+def run_all(
+    s: Settings, tmp: Path, reg: Registry, homes: list[Path], bench_box: list[Bench]
+) -> None:
+    start = time.monotonic()
+    print(f"load average at the start: {loadavg()} ({os.cpu_count()} CPUs)", flush=True)
+    gpgdir, packages = build_origin(s, tmp, homes)
+    origin, servers, why = start_servers(s, tmp, reg, gpgdir)
+    bench = Bench(s, origin, servers, packages, start + s.time_limit)
+    bench_box.append(bench)
+    if why:
+        bench.notes.append(why)
+        print(why, flush=True)
+    for size in s.sizes:
+        run_size(bench, size)
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def report(bench: Bench | None, stopped: str) -> None:
+    if bench is not None:
+        bench.notes.append(f"load average at the end: {loadavg()} ({os.cpu_count()} CPUs)")
+        client = "splice to /dev/null" if bench.settings.splice else "recv_into a buffer"
+        print_rows(bench.rows, bench.settings.reps, client)
+        print_ttfb(bench.rows)
+        print_calibration(bench.cals)
+        for note in bench.notes:
+            print(f"\nnote: {note}")
+    if stopped:
+        print(f"\nstopped early: {stopped}")
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise OutOfTime("hard time limit reached (a step hung)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    s = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(int(s.time_limit) + 120)
+    tmp = Path(tempfile.mkdtemp(prefix="pacswarm-bench-", dir=s.tmpdir))
+    reg, homes, box = Registry(), list[Path](), list[Bench]()
+    stopped, code = "", 0
+    try:
+        run_all(s, tmp, reg, homes, box)
+    except (KeyboardInterrupt, OutOfTime) as e:
+        stopped = str(e) or type(e).__name__
+    except Exception as e:
+        stopped, code = f"error: {e!r}", 1
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.alarm(0)
+        reg.stop_all()
+        kill_agents(homes)
+        if s.keep:
+            print(f"temp dir kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    report(box[0] if box else None, stopped)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

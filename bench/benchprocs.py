@@ -97,15 +97,16 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process, the children it reaped, and its live descendants."""
-    total = _proc_cpu(pid, with_waited=True)
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of (the process itself, its helper processes: reaped or live descendants)."""
+    own = _proc_cpu(pid, with_waited=False)
+    helpers = _proc_cpu(pid, with_waited=True) - own
     stack = _children(pid)
     while stack:
         child = stack.pop()
-        total += _proc_cpu(child, with_waited=True)
+        helpers += _proc_cpu(child, with_waited=True)
         stack.extend(_children(child))
-    return total
+    return own, helpers
 
 
 def wait_ready(proc: Proc, port: int, probe: str | None, timeout: float = 20.0) -> None:
@@ -128,4 +129,6 @@ def wait_ready(proc: Proc, port: int, probe: str | None, timeout: float = 20.0) 
         except (OSError, HttpError) as e:
             last = repr(e)
         time.sleep(0.05)
-    raise RuntimeError(f"{proc.name} not ready after {timeout:.0f} s ({last}); log:\n{proc.log_tail()}")
+    raise RuntimeError(
+        f"{proc.name} not ready after {timeout:.0f} s ({last}); log:\n{proc.log_tail()}"
+    )

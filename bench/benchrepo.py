@@ -80,14 +80,21 @@ def _run(argv: list[str], stdin: bytes | None = None) -> bytes:
 
 def _gen_key(home: Path, role: str) -> str:
     home.mkdir(mode=0o700, parents=True)
-    _run(["gpg", "--homedir", str(home), "--batch", "--gen-key"], _KEY_PARAMS.format(role=role).encode())
+    _run(
+        ["gpg", "--homedir", str(home), "--batch", "--gen-key"],
+        _KEY_PARAMS.format(role=role).encode(),
+    )
     out = _run(["gpg", "--homedir", str(home), "--with-colons", "--list-keys"]).decode()
     return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
 
 
 def make_keys(root: Path, started: list[Path]) -> Keys:
     """Create both keys and the pacman keyring; every homedir is appended to ``started``."""
-    master_home, packager_home, gpgdir = root / "gpg-master", root / "gpg-packager", root / "keyring"
+    master_home, packager_home, gpgdir = (
+        root / "gpg-master",
+        root / "gpg-packager",
+        root / "keyring",
+    )
     started.extend([master_home, packager_home, gpgdir])
     master = _gen_key(master_home, "master")
     packager = _gen_key(packager_home, "packager")
@@ -95,6 +102,7 @@ def make_keys(root: Path, started: list[Path]) -> Keys:
     _run([*gpg_m, "--import"], _run(["gpg", "--homedir", str(packager_home), "--export", packager]))
     _run([*gpg_m, "--yes", "--default-key", master, "--quick-sign-key", packager])
     keys_file = root / "keys.gpg"
+    gpgdir.mkdir(mode=0o755)
     keys_file.write_bytes(_run([*gpg_m, "--export", master, packager]))
     _run(["pacman-key", "--gpgdir", str(gpgdir), "--init"])
     _run(["pacman-key", "--gpgdir", str(gpgdir), "--add", str(keys_file)])
@@ -102,7 +110,10 @@ def make_keys(root: Path, started: list[Path]) -> Keys:
     # lsign makes the master key valid; its certification of the packager only counts once the
     # master also has full *owner* trust (5 = full in gpg's ownertrust format; 4 is marginal).
     # Without this, gpg reports TRUST_UNDEFINED and pacman (and pacswarm) reject the package.
-    _run(["gpg", "--homedir", str(gpgdir), "--batch", "--import-ownertrust"], f"{master}:5:\n".encode())
+    _run(
+        ["gpg", "--homedir", str(gpgdir), "--batch", "--import-ownertrust"],
+        f"{master}:5:\n".encode(),
+    )
     return Keys(master_home, packager_home, gpgdir, master, packager)
 
 

@@ -15,16 +15,19 @@ class Series:
 
     mbps: list[float] = field(default_factory=list)  # one per repetition
     ttfb_ms: list[float] = field(default_factory=list)  # one per request
-    server_cpu: float = 0.0
+    tail_ms: list[float] = field(default_factory=list)  # last 64 KiB, one per request
+    server_cpu: float = 0.0  # the server process(es) themselves
+    helper_cpu: float = 0.0  # helper processes they ran (pacswarm: gpg)
     client_cpu: float = 0.0
     wall: float = 0.0
     nbytes: int = 0
 
-    def add(self, nbytes: int, wall: float, server_cpu: float, client_cpu: float) -> None:
+    def add(self, nbytes: int, wall: float, cpu: tuple[float, float], client_cpu: float) -> None:
         self.mbps.append(nbytes / wall / 1e6)
         self.nbytes += nbytes
         self.wall += wall
-        self.server_cpu += server_cpu
+        self.server_cpu += max(0.0, cpu[0])
+        self.helper_cpu += max(0.0, cpu[1])
         self.client_cpu += client_cpu
 
 
@@ -44,7 +47,7 @@ class Row:
 class Calibration:
     size: int
     ours_mbps: float
-    curl_mbps: float
+    curl_mbps: float | None
     client_cpu_per_gb: float
 
 
@@ -59,7 +62,9 @@ def _median(values: list[float]) -> float | None:
 
 
 def _fmt(value: float | None, spec: str = "8.1f") -> str:
-    return format(value, spec) if value is not None else format("n/a", ">" + spec.split(".")[0])
+    if value is not None:
+        return format(value, spec)
+    return format("n/a", ">" + spec.split(".")[0].lstrip("+"))
 
 
 def size_label(size: int) -> str:
@@ -76,33 +81,37 @@ def _row_line(row: Row) -> str:
     ratio = ps_m / ngx_m if ps_m is not None and ngx_m else None
     goal = target(row.case, row.size)
     mark = "*" if ratio is not None and ratio < goal else " "
-    cpu = f"{_fmt(_per_gb(ps.server_cpu, ps.nbytes), '5.2f')} /{_fmt(_per_gb(ngx.server_cpu, ngx.nbytes), '5.2f')}"
+    ps_cpu = _fmt(_per_gb(ps.server_cpu, ps.nbytes), "5.2f")
+    gpg_cpu = _fmt(_per_gb(ps.helper_cpu, ps.nbytes), "4.2f")
+    ngx_cpu = _fmt(_per_gb(ngx.server_cpu, ngx.nbytes), "5.2f")
     busy = ps.server_cpu / ps.wall if ps.wall else None
     clients = [s.client_cpu / s.wall for s in (ps, ngx) if s.wall]
     client = max(clients) if clients else None
     return (
         f"{size_label(row.size):>8} {row.clients:>7} {row.case:>5} {_fmt(ps_m, '9.0f')} "
         f"{_fmt(ngx_m, '9.0f')} {_fmt(ratio, '6.2f')}{mark} {'>= ' + format(goal, '.1f'):>7}  "
-        f"{cpu:>13} {_fmt(busy, '8.2f')} {_fmt(client, '7.2f')}  {row.note}"
+        f"{ps_cpu}+{gpg_cpu} /{ngx_cpu} {_fmt(busy, '8.2f')} {_fmt(client, '7.2f')}  {row.note}"
     )
 
 
-def print_rows(rows: list[Row], reps: int) -> None:
+def print_rows(rows: list[Row], reps: int, client: str) -> None:
     print()
     print(f"pacswarm vs nginx proxy_store (Arch Wiki recipe), same origin, 127.0.0.1, {reps} reps")
     print("MB/s = 10^6 bytes/s, median over repetitions (1 client: back-to-back GETs on one")
-    print("keep-alive connection; N clients: total bytes / wall time of all clients).")
+    print("keep-alive connection; N clients: total bytes / wall time of all clients);")
+    print(f"client: {client}.")
     print()
     print(
         f"{'size':>8} {'clients':>7} {'case':>5} {'pacswarm':>9} {'nginx':>9} {'ratio':>7} "
-        f"{'target':>7}  {'CPU s/GB ps/ngx':>13} {'ps cores':>8} {'client':>7}"
+        f"{'target':>7}  {'CPU s/GB ps+gpg/ngx':>19} {'ps cores':>8} {'client':>7}"
     )
     for row in rows:
         print(_row_line(row))
     print()
     print("ratio = pacswarm/nginx; * = below target in this run. CPU s/GB = server CPU seconds")
-    print("per GB served; ps cores = pacswarm CPU s / wall s (near 1.0 = CPU bound, it is one")
-    print("process); client = cores used by the benchmark's client threads (max of both sides).")
+    print("per GB served: pacswarm's own process + its gpg children / nginx master+worker.")
+    print("ps cores = pacswarm's own CPU s / wall s (near 1.0 = CPU bound: it is one process).")
+    print("client = cores used by the benchmark's client threads (max of both sides).")
 
 
 def print_ttfb(rows: list[Row]) -> None:
@@ -110,18 +119,23 @@ def print_ttfb(rows: list[Row]) -> None:
     for row in rows:
         if row.case != "miss" or row.clients != 1:
             continue
-        ps = _median(row.series.get(PS, Series()).ttfb_ms)
-        ngx = _median(row.series.get(NGX, Series()).ttfb_ms)
-        diff = ps - ngx if ps is not None and ngx is not None else None
+        ps, ngx = row.series.get(PS, Series()), row.series.get(NGX, Series())
+        ps_t, ngx_t = _median(ps.ttfb_ms), _median(ngx.ttfb_ms)
+        diff = ps_t - ngx_t if ps_t is not None and ngx_t is not None else None
         mark = "*" if diff is not None and diff > 10 else " "
         lines.append(
-            f"{size_label(row.size):>8} {_fmt(ps, '9.2f')} {_fmt(ngx, '9.2f')} "
-            f"{_fmt(diff, '+9.2f')}{mark} {'<= +10':>8}"
+            f"{size_label(row.size):>8} {_fmt(ps_t, '9.2f')} {_fmt(ngx_t, '9.2f')} "
+            f"{_fmt(diff, '+9.2f')}{mark} {'<= +10':>8}   "
+            f"{_fmt(_median(ps.tail_ms), '9.2f')} {_fmt(_median(ngx.tail_ms), '9.2f')}"
         )
     if lines:
         print()
-        print("cache miss, time to first body byte (ms, median over requests, 1 client)")
-        print(f"{'size':>8} {'pacswarm':>9} {'nginx':>9} {'diff':>9}  {'target':>8}")
+        print("cache miss, 1 client, median ms: time to first body byte; and how long the last")
+        print("64 KiB took (pacswarm holds them back until sha256 + signature are verified)")
+        print(
+            f"{'size':>8} {'pacswarm':>9} {'nginx':>9} {'diff':>9}  {'target':>8}   "
+            f"{'tail ps':>9} {'tail ngx':>9}"
+        )
         print("\n".join(lines))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from benchprocs import NGINX, Proc, Registry, cpu_seconds, free_port, wait_ready
@@ -92,8 +93,8 @@ class Origin:
         self.proc = _start_nginx(reg, "nginx origin", prefix, body)
         wait_ready(self.proc, self.port, db_path())
 
-    def cpu(self) -> float:
-        return cpu_seconds(self.proc.popen.pid)
+    def cpu(self) -> tuple[float, float]:
+        return (sum(cpu_seconds(self.proc.popen.pid)), 0.0)  # master + worker
 
 
 class NginxCache:
@@ -104,6 +105,8 @@ class NginxCache:
     def __init__(self, reg: Registry, prefix: Path, origin_port: int) -> None:
         self.store = prefix / "store"
         self.store.mkdir(parents=True)
+        self.temp = prefix / "store_temp"  # proxy_temp_path of @pkg_mirror
+        self.temp.mkdir()
         self.port = free_port()
         body = _PROXY_STORE.format(
             port=self.port, origin_port=origin_port, store=self.store, prefix=prefix
@@ -112,14 +115,22 @@ class NginxCache:
         wait_ready(self.proc, self.port, db_path())
 
     def clear_cache(self) -> None:
+        """Empty the store once nginx has renamed its last download into it.
+
+        nginx sends the last byte to the client before it moves the temp file into the store,
+        so a store cleared too early could get that file back and turn a miss into a hit.
+        """
+        deadline = time.monotonic() + 10
+        while any(self.temp.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.01)
         shutil.rmtree(self.store)
         self.store.mkdir()
 
     def cached(self, size: int) -> int:
         return count_files(self.store, size)
 
-    def cpu(self) -> float:
-        return cpu_seconds(self.proc.popen.pid)
+    def cpu(self) -> tuple[float, float]:
+        return (sum(cpu_seconds(self.proc.popen.pid)), 0.0)  # master + worker
 
 
 class Pacswarm:
@@ -155,10 +166,11 @@ class Pacswarm:
         self._start()
 
     def cached(self, size: int) -> int:
-        return count_files(self.data_dir, size)
+        return count_files(self.data_dir / "cache", size)  # cache/<repo>/<arch>/<file>
 
-    def cpu(self) -> float:
-        return cpu_seconds(self.proc.popen.pid) if self.proc is not None else 0.0
+    def cpu(self) -> tuple[float, float]:
+        """(the pacswarm process, its helpers: gpg runs as a child per verification)."""
+        return cpu_seconds(self.proc.popen.pid) if self.proc is not None else (0.0, 0.0)
 
     def log_tail(self) -> str:
         return self.proc.log_tail() if self.proc is not None else ""

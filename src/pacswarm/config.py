@@ -6,6 +6,7 @@ CLI and the resulting :class:`Config` is passed explicitly to whatever needs it.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -96,7 +97,12 @@ def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
 
 def _positive(values: dict[str, Any], key: str) -> float:
     value = values[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ConfigError(f"{key} = {value!r}: expected a positive number of seconds")
     return float(value)
 
@@ -116,6 +122,8 @@ def _apply(config: Config, values: dict[str, Any], source: str) -> Config:
                 raise ConfigError(f"{source}: {key} must be a directory path")
             changes[key] = Path(values[key]).expanduser()
     if "mirrorlist" in values:
+        if not isinstance(values["mirrorlist"], str | Path) or not str(values["mirrorlist"]):
+            raise ConfigError(f"{source}: mirrorlist must be a file path")
         changes["mirrorlist"] = Path(values["mirrorlist"]).expanduser()
         changes["mirrorlist_explicit"] = True
     if "mirrors" in values:

@@ -28,15 +28,19 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, last = match.groups()
     if not first and not last:
         return None
-    if not first:  # suffix range: the last N bytes
-        length = int(last)
-        if length == 0:
+    # Beyond 19 digits a number exceeds any file size (and int() refuses > 4300 digits):
+    # clamp it to "past the end" without converting it.
+    huge = 1 << 64
+    first_n = (int(first) if len(first) <= 19 else huge) if first else None
+    last_n = (int(last) if len(last) <= 19 else huge) if last else None
+    if first_n is None:  # suffix range: the last N bytes
+        if not last_n or size == 0:
             raise RangeNotSatisfiable(size)
-        return max(0, size - length), size
-    start = int(first)
-    end = size if not last else int(last) + 1
-    if last and int(last) < start:
+        return max(0, size - last_n), size
+    start = first_n
+    if last_n is not None and last_n < start:
         return None  # invalid: ignore it
+    end = size if last_n is None else last_n + 1
     if start >= size:
         raise RangeNotSatisfiable(size)
     return start, min(end, size)

@@ -31,6 +31,10 @@ def parse_mirrorlist(text: str, source: str = "mirrorlist") -> list[str]:
                 f"{source}:{number}: Server = {url!r} is not an http(s) URL; "
                 "pacswarm can only proxy HTTP mirrors"
             )
+        try:
+            urlsplit(url).port  # noqa: B018 - raises ValueError for a malformed port
+        except ValueError as e:
+            raise MirrorlistError(f"{source}:{number}: Server = {url!r}: {e}") from None
         if url not in servers:
             servers.append(url)
     return servers

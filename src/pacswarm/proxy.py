@@ -12,6 +12,7 @@ Each request is routed by what the file is (see :mod:`pacswarm.requestpath`):
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from aiohttp import web
 
@@ -86,7 +87,7 @@ class Proxy:
             )
         cached = self.store.cache_path(rp)
         if cached.is_file():
-            return web.FileResponse(cached, headers={"Content-Type": OCTETS})
+            return await self.serve_file(request, cached)
         record = self.dbs.lookup(rp.repo, rp.arch, rp.filename)
         if record is None and not self.dbs.has_index(rp.repo, rp.arch):
             await self.dbs.ensure_index(rp.repo, rp.arch)
@@ -105,7 +106,7 @@ class Proxy:
     async def serve_signature(self, request: web.Request, rp: RequestPath) -> web.StreamResponse:
         cached = self.store.cache_path(rp)
         if cached.is_file():
-            return web.FileResponse(cached, headers={"Content-Type": OCTETS})
+            return await self.serve_file(request, cached)
         pkg = RequestPath(rp.repo, rp.arch, rp.package_filename, FileKind.PACKAGE)
         dl = self.downloader.active(pkg)
         if dl is not None and dl.signature:
@@ -114,6 +115,26 @@ class Proxy:
         if record is not None and record.pgpsig:
             return web.Response(body=record.pgpsig, content_type=OCTETS)
         return await pass_through(self.upstream, request, rp)
+
+    async def serve_file(self, request: web.Request, path: Path) -> web.StreamResponse:
+        """A cached file by sendfile, with our Range rules (the same as for downloads)."""
+        try:
+            size = path.stat().st_size
+            wanted = parse_range(request.headers.get("Range"), size)
+        except RangeNotSatisfiable as e:
+            raise web.HTTPRequestRangeNotSatisfiable(
+                headers={"Content-Range": f"bytes */{e.size}"}
+            ) from None
+        except FileNotFoundError:  # evicted or removed between the check and now
+            raise web.HTTPNotFound() from None
+        response = web.FileResponse(path, headers={"Content-Type": OCTETS})
+        if wanted is None and "Range" in request.headers:
+            # A Range we ignore (malformed, multi-range, other unit): send the whole file.
+            plain = request.clone(
+                headers={k: v for k, v in request.headers.items() if k != "Range"}
+            )
+            await response.prepare(plain)
+        return response
 
     async def stream(self, request: web.Request, dl: Download) -> web.StreamResponse:
         """Send a download in progress to one client, honouring Range."""

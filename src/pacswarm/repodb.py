@@ -58,7 +58,10 @@ def _decompress(data: bytes) -> bytes:
         if data[:2] == b"\x1f\x8b":
             return gzip.decompress(data)
         if data[:4] == b"\x28\xb5\x2f\xfd":
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+            # read_across_frames: a db may be several zstd frames (bsdtar reads them all).
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                io.BytesIO(data), read_across_frames=True
+            )
             out = reader.read(MAX_UNCOMPRESSED + 1)
             if len(out) > MAX_UNCOMPRESSED:
                 raise RepoDbError("repo db decompresses to more than 1 GiB; refusing it")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,11 @@ async def verify_signature(gpgdir: Path, file: Path, signature: bytes) -> Verdic
     """Check a detached signature of ``file`` against the keyring in ``gpgdir``."""
     if not signature:
         return Verdict(False, "no signature available (neither %PGPSIG% in the db nor a .sig)")
+    extra: list[str] = []
+    if not os.access(gpgdir / "trustdb.gpg", os.W_OK):
+        # Running unprivileged on root's keyring: gpg would try to rebuild a due trustdb,
+        # fail, and reject every signature. Use the trust values pacman (root) last computed.
+        extra = ["--no-auto-check-trustdb", "--no-permission-warning"]
     try:
         # "-" makes gpg read the detached signature from stdin: no temp file to clean up.
         proc = await asyncio.create_subprocess_exec(
@@ -76,6 +82,7 @@ async def verify_signature(gpgdir: Path, file: Path, signature: bytes) -> Verdic
             "--batch",
             "--no-tty",
             "--quiet",
+            *extra,
             "--status-fd",
             "1",
             "--verify",

@@ -31,7 +31,7 @@ def gpg_env() -> dict[str, str]:
 def run_gpg(
     homedir: Path, *args: str, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run gpg against ``homedir``; raise with gpg's stderr on failure (fixtures must not hide it)."""
+    """Run gpg against ``homedir``; raise with gpg's stderr on failure (never hide it)."""
     proc = subprocess.run(
         ["gpg", "--homedir", str(homedir), *_BATCH, *args],
         input=stdin,
@@ -41,9 +41,8 @@ def run_gpg(
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"gpg {' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}"
-        )
+        err = proc.stderr.decode(errors="replace")
+        raise RuntimeError(f"gpg {' '.join(args)} failed ({proc.returncode}): {err}")
     return proc
 
 
@@ -71,7 +70,7 @@ def kill_agent(homedir: Path) -> None:
 
 
 def generate_key(homedir: Path, uid: str) -> str:
-    """Generate an unprotected ed25519 signing key (fast, unlike RSA 4096); return its fingerprint."""
+    """Generate an unprotected ed25519 signing key (fast, unlike RSA 4096); return its fpr."""
     run_gpg(homedir, "--quick-generate-key", uid, "ed25519", "sign", "never")
     listing = run_gpg(homedir, "--with-colons", "--list-secret-keys", uid).stdout.decode()
     for line in listing.splitlines():
@@ -95,7 +94,9 @@ def export_public(homedir: Path, fprs: list[str], dest: Path) -> Path:
 def detach_sign(homedir: Path, fpr: str, file: Path, sig_out: Path) -> None:
     """Write a binary detached signature, the format pacman expects in ``pkg.sig``."""
     # The trailing "!" forces exactly this key instead of letting gpg pick a subkey.
-    run_gpg(homedir, "--local-user", f"{fpr}!", "--output", str(sig_out), "--detach-sign", str(file))
+    run_gpg(
+        homedir, "--local-user", f"{fpr}!", "--output", str(sig_out), "--detach-sign", str(file)
+    )
 
 
 def copy_homedir(src: Path, dest: Path) -> Path:

@@ -72,6 +72,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         """Silence per-request logging; ``MirrorServer.requests`` is the log."""
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """Record the status too, so tests can tell a 304 from a 200."""
+        path = unquote(urlsplit(self.path).path)
+        self.server.mirror._record_response(self.command, path, code)
+        super().send_response(code, message)
+
     def do_GET(self) -> None:
         self._serve(head=False)
 
@@ -234,6 +240,7 @@ class MirrorServer:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.responses: list[tuple[str, str, int]] = []  # (method, path, status) sent
         self.base_url = ""
         self.url_template = ""
         self._lock = threading.Lock()
@@ -305,6 +312,17 @@ class MirrorServer:
         with self._lock:
             self._faults = []
 
+    def clear_log(self) -> None:
+        """Forget recorded requests and responses (e.g. after a setup ``pacman -Sy``)."""
+        with self._lock:
+            self.requests.clear()
+            self.responses.clear()
+
+    def statuses(self, path_suffix: str) -> list[int]:
+        """Status codes sent for GETs whose path ends with ``path_suffix``, in order."""
+        with self._lock:
+            return [c for m, p, c in self.responses if m == "GET" and p.endswith(path_suffix)]
+
     def hits(self, path_suffix: str) -> int:
         """Number of GET requests whose path ends with ``path_suffix``."""
         with self._lock:
@@ -320,6 +338,10 @@ class MirrorServer:
     def _record(self, method: str, path: str, headers: dict[str, str]) -> None:
         with self._lock:
             self.requests.append((method, path, headers))
+
+    def _record_response(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self.responses.append((method, path, status))
 
     def _register(self, sock: socket.socket, *, add: bool) -> None:
         with self._lock:

@@ -137,31 +137,38 @@ class TestRepo:
         """``root/<repo>/os/<arch>``: where the db and packages of ``repo`` live."""
         return self.root / repo / "os" / self.arch
 
-    def make_pacman_gpgdir(self, dest: Path, *, trust: str = "full") -> Path:
+    def make_pacman_gpgdir(
+        self, dest: Path, *, trust: str = "full", import_rogue: bool = False
+    ) -> Path:
         """A pacman keyring at ``dest`` with the test keys at the requested trust level.
 
-        Why cached: ``pacman-key --init`` generates an RSA 4096 key (seconds), so each trust
-        mode's keyring is built once and copied; a copy is an independent keyring.
+        ``import_rogue`` also adds the rogue public key (uncertified), so a rogue signature
+        fails as "unknown trust" instead of "required key missing from keyring".
+        Why cached: ``pacman-key --init`` generates an RSA 4096 key (about a second), so each
+        variant is built once per session and copied; a copy is an independent keyring.
         """
         if trust not in _TRUST_MODES:
             raise ValueError(f"trust must be one of {_TRUST_MODES}, not {trust!r}")
-        template = self.root.parent / "pacman-gpgdirs" / trust
+        variant = f"{trust}-rogue" if import_rogue else trust
+        template = self.root.parent / "pacman-gpgdirs" / variant
         with _gpgdir_lock:
             if not template.exists():
-                staging = template.with_name(f"{trust}.tmp")
+                staging = template.with_name(f"{variant}.tmp")
                 shutil.rmtree(staging, ignore_errors=True)
                 try:
-                    self._init_pacman_gpgdir(staging, trust)
+                    self._init_pacman_gpgdir(staging, trust, import_rogue)
                 finally:
                     gpg.kill_agent(staging)
                 staging.rename(template)
         return gpg.copy_homedir(template, dest)
 
-    def _init_pacman_gpgdir(self, dest: Path, trust: str) -> None:
+    def _init_pacman_gpgdir(self, dest: Path, trust: str, import_rogue: bool) -> None:
         """Run the real pacman-key, as an Arch install does, then set ``trust``."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         _pacman_key(dest, "--init")
         _pacman_key(dest, "--add", str(self.keys_file))
+        if import_rogue:
+            _pacman_key(dest, "--add", str(self.rogue_key_file))
         if trust == "full":
             # lsign makes the master valid; full ownertrust lets its certification of the
             # packager key count on its own (Arch needs three marginal masters instead).

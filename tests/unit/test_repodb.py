@@ -1,0 +1,258 @@
+"""Repo db parsing: every compression pacman accepts, and what a broken db does."""
+
+from __future__ import annotations
+
+import base64
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import tarfile
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import zstandard
+
+from pacswarm import repodb
+from pacswarm.errors import RepoDbError
+from pacswarm.repodb import merge_indexes, parse_desc, parse_repo_db
+
+SIG = b"\x88\x75\x04\x00\x16\x08\x00\x1d\x16\x21\x04fake-signature-bytes"
+
+
+def desc(
+    name: str,
+    version: str,
+    *,
+    arch: str = "x86_64",
+    csize: int | str | None = 1234,
+    sha256: str | None = None,
+    pgpsig: str | None = None,
+    filename: str | None = None,
+    omit: tuple[str, ...] = (),
+) -> str:
+    filename = filename or f"{name}-{version}-{arch}.pkg.tar.zst"
+    if sha256 is None:
+        sha256 = hashlib.sha256(filename.encode()).hexdigest()
+    fields = {
+        "FILENAME": filename,
+        "NAME": name,
+        "BASE": name,
+        "VERSION": version,
+        "DESC": f"The {name} package",
+        "CSIZE": csize,
+        "ISIZE": 99999,
+        "SHA256SUM": sha256,
+        "PGPSIG": pgpsig,
+        "URL": f"https://{name}.example.org/",
+        "LICENSE": "GPL",
+        "ARCH": arch,
+        "BUILDDATE": 1700000000,
+        "PACKAGER": "Some One <some@one.example>",
+    }
+    blocks = [f"%{k}%\n{v}\n" for k, v in fields.items() if v is not None and k not in omit]
+    blocks.append("%DEPENDS%\nglibc\nzlib\n")
+    return "\n".join(blocks) + "\n"
+
+
+def make_tar(members: list[tuple[str, str]], mtimes: list[int] | None = None) -> bytes:
+    """An uncompressed tar with a directory and a ``desc`` per package, like repo-add writes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i, (folder, text) in enumerate(members):
+            mtime = mtimes[i] if mtimes else 1_700_000_000
+            d = tarfile.TarInfo(folder)
+            d.type = tarfile.DIRTYPE
+            d.mtime = mtime
+            tar.addfile(d)
+            data = text.encode()
+            info = tarfile.TarInfo(f"{folder}/desc")
+            info.size = len(data)
+            info.mtime = mtime
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def zstd_one_shot(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def zstd_streamed(data: bytes) -> bytes:
+    # As `bsdtar | zstd` writes it: no content size in the frame header.
+    cobj = zstandard.ZstdCompressor().compressobj()
+    return cobj.compress(data) + cobj.flush()
+
+
+COMPRESSIONS: dict[str, Callable[[bytes], bytes]] = {
+    "none": lambda b: b,
+    "gzip": gzip.compress,
+    "zstd": zstd_one_shot,
+    "zstd-streamed": zstd_streamed,
+    "xz": lzma.compress,
+    "bzip2": bz2.compress,
+}
+
+TWO_PACKAGES = [
+    ("zstd-1.5.6-1", desc("zstd", "1.5.6-1", csize=561234, pgpsig=base64.b64encode(SIG).decode())),
+    ("python-1:3.12.3-1", desc("python", "1:3.12.3-1", csize=12_000_000)),
+]
+
+
+@pytest.mark.parametrize("compression", list(COMPRESSIONS))
+def test_every_compression_gives_the_same_records(compression: str) -> None:
+    db = parse_repo_db(COMPRESSIONS[compression](make_tar(TWO_PACKAGES)))
+    assert sorted(db.records) == [
+        "python-1:3.12.3-1-x86_64.pkg.tar.zst",
+        "zstd-1.5.6-1-x86_64.pkg.tar.zst",
+    ]
+    zstd = db.get("zstd-1.5.6-1-x86_64.pkg.tar.zst")
+    assert zstd is not None
+    assert zstd.name == "zstd"
+    assert zstd.version == "1.5.6-1"
+    assert zstd.csize == 561234
+    assert zstd.sha256 == hashlib.sha256(b"zstd-1.5.6-1-x86_64.pkg.tar.zst").hexdigest()
+    assert zstd.pgpsig == SIG
+    assert zstd.arch == "x86_64"
+    python = db.get("python-1:3.12.3-1-x86_64.pkg.tar.zst")
+    assert python is not None
+    assert python.version == "1:3.12.3-1"
+    assert python.pgpsig is None
+
+
+def test_large_zstd_db_is_read_completely() -> None:
+    # Bigger than any internal buffer of the zstd reader, so a short read would lose entries.
+    members = [(f"pkg{i}-1.0-1", desc(f"pkg{i}", "1.0-1")) for i in range(3000)]
+    db = parse_repo_db(zstd_streamed(make_tar(members)))
+    assert len(db.records) == 3000
+
+
+def test_multi_frame_zstd_db_is_read_completely() -> None:
+    # zstd files may hold several frames (pzstd, `cat a.zst b.zst`); libarchive, and so
+    # pacman, reads them all.
+    raw = make_tar(TWO_PACKAGES)
+    data = zstd_one_shot(raw[:2048]) + zstd_one_shot(raw[2048:])
+    assert len(parse_repo_db(data).records) == 2
+
+
+def test_newest_mtime_is_the_newest_entry() -> None:
+    db = parse_repo_db(gzip.compress(make_tar(TWO_PACKAGES, mtimes=[1_700_000_500, 1_700_000_900])))
+    assert db.newest_mtime == 1_700_000_900
+
+
+def test_uppercase_sha256_is_normalised() -> None:
+    digest = "AB" * 32
+    db = parse_repo_db(make_tar([("a-1-1", desc("a", "1-1", sha256=digest))]))
+    assert db.records["a-1-1-x86_64.pkg.tar.zst"].sha256 == "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"omit": ("SHA256SUM",)},
+        {"sha256": "d41d8cd98f00b204e9800998ecf8427e"},  # an md5, not a sha256
+        {"sha256": "z" * 64},
+        {"omit": ("CSIZE",)},
+        {"csize": "big"},
+        {"csize": -1},
+        {"omit": ("FILENAME",)},
+        {"filename": "../../etc/passwd"},
+    ],
+)
+def test_entries_without_usable_checksum_size_or_name_are_skipped(
+    broken: dict[str, Any],
+) -> None:
+    db = parse_repo_db(make_tar([("bad-1-1", desc("bad", "1-1", **broken)), TWO_PACKAGES[0]]))
+    assert list(db.records) == ["zstd-1.5.6-1-x86_64.pkg.tar.zst"]
+
+
+def test_invalid_base64_signature_gives_no_signature() -> None:
+    db = parse_repo_db(make_tar([("a-1-1", desc("a", "1-1", pgpsig="not base64 !!"))]))
+    assert db.records["a-1-1-x86_64.pkg.tar.zst"].pgpsig is None
+
+
+def test_files_db_with_file_lists_parses_like_the_db() -> None:
+    raw = make_tar(TWO_PACKAGES)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=buf, mode="w") as out:
+        for member in src:
+            out.addfile(member, src.extractfile(member) if member.isfile() else None)
+            if member.isdir():
+                data = b"%FILES%\nusr/\nusr/bin/\nusr/bin/tool\n"
+                files = tarfile.TarInfo(f"{member.name}/files")
+                files.size = len(data)
+                out.addfile(files, io.BytesIO(data))
+    db = parse_repo_db(gzip.compress(buf.getvalue()))
+    assert len(db.records) == 2
+
+
+# -- broken or empty dbs -------------------------------------------------------------------------
+
+
+def empty_tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w"):
+        pass
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd", "xz"])
+def test_an_empty_repo_is_an_empty_db(compression: str) -> None:
+    db = parse_repo_db(COMPRESSIONS[compression](empty_tar()))
+    assert db.records == {}
+    assert db.newest_mtime == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"<html><body>404 Not Found</body></html>\n" * 20, id="html-error-page"),
+        pytest.param(b"\x1f\x8b" + b"\x00garbage" * 100, id="gzip-magic-garbage"),
+        pytest.param(gzip.compress(make_tar(TWO_PACKAGES))[:-40], id="truncated-gzip"),
+        pytest.param(b"\x28\xb5\x2f\xfd" + b"\xffgarbage" * 100, id="zstd-magic-garbage"),
+        pytest.param(zstd_one_shot(make_tar(TWO_PACKAGES))[:-30], id="truncated-zstd"),
+        pytest.param(b"\xfd7zXZ\x00" + b"garbage" * 100, id="xz-magic-garbage"),
+        pytest.param(b"BZh9" + b"garbage" * 100, id="bzip2-magic-garbage"),
+        pytest.param(make_tar(TWO_PACKAGES)[:700], id="truncated-tar"),
+        pytest.param(b"x", id="one-byte"),
+    ],
+)
+def test_corrupt_data_is_a_repo_db_error(data: bytes) -> None:
+    with pytest.raises(RepoDbError):
+        parse_repo_db(data)
+
+
+def test_a_tar_without_desc_files_is_refused() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"<html>mirror maintenance</html>"
+        info = tarfile.TarInfo("index.html")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(RepoDbError, match="no package entries"):
+        parse_repo_db(gzip.compress(buf.getvalue()))
+
+
+def test_decompression_bomb_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(repodb, "MAX_UNCOMPRESSED", 4096)
+    big = make_tar([(f"p{i}-1-1", desc(f"p{i}", "1-1")) for i in range(20)])
+    for compress in (gzip.compress, zstd_streamed):
+        with pytest.raises(RepoDbError, match="more than"):
+            parse_repo_db(compress(big))
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def test_parse_desc_reads_multi_line_fields() -> None:
+    fields = parse_desc("%NAME%\nzstd\n\n%DEPENDS%\nglibc\nzlib\nxz\n\n%EMPTY%\n\n")
+    assert fields["NAME"] == ["zstd"]
+    assert fields["DEPENDS"] == ["glibc", "zlib", "xz"]
+    assert fields["EMPTY"] == []
+
+
+def test_merge_indexes_later_dbs_win() -> None:
+    old = parse_repo_db(make_tar([("a-1-1", desc("a", "1-1", csize=1))]))
+    new = parse_repo_db(make_tar([("a-1-1", desc("a", "1-1", csize=2))]))
+    assert merge_indexes([old, new])["a-1-1-x86_64.pkg.tar.zst"].csize == 2
