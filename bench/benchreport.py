@@ -75,8 +75,10 @@ def _per_gb(cpu: float, nbytes: int) -> float | None:
     return cpu / (nbytes / 1e9) if nbytes else None
 
 
-def _row_line(row: Row) -> str:
+def _row_line(row: Row, reps: int) -> str:
     ps, ngx = row.series.get(PS, Series()), row.series.get(NGX, Series())
+    done = min(len(s.mbps) for s in (ps, ngx) if s.mbps) if ps.mbps or ngx.mbps else 0
+    note = " ".join(filter(None, [row.note, f"({done} of {reps} reps)" if done < reps else ""]))
     ps_m, ngx_m = _median(ps.mbps), _median(ngx.mbps)
     ratio = ps_m / ngx_m if ps_m is not None and ngx_m else None
     goal = target(row.case, row.size)
@@ -90,7 +92,7 @@ def _row_line(row: Row) -> str:
     return (
         f"{size_label(row.size):>8} {row.clients:>7} {row.case:>5} {_fmt(ps_m, '9.0f')} "
         f"{_fmt(ngx_m, '9.0f')} {_fmt(ratio, '6.2f')}{mark} {'>= ' + format(goal, '.1f'):>7}  "
-        f"{ps_cpu}+{gpg_cpu} /{ngx_cpu} {_fmt(busy, '8.2f')} {_fmt(client, '7.2f')}  {row.note}"
+        f"{ps_cpu}+{gpg_cpu} /{ngx_cpu} {_fmt(busy, '8.2f')} {_fmt(client, '7.2f')}  {note}"
     )
 
 
@@ -106,7 +108,7 @@ def print_rows(rows: list[Row], reps: int, client: str) -> None:
         f"{'target':>7}  {'CPU s/GB ps+gpg/ngx':>19} {'ps cores':>8} {'client':>7}"
     )
     for row in rows:
-        print(_row_line(row))
+        print(_row_line(row, reps))
     print()
     print("ratio = pacswarm/nginx; * = below target in this run. CPU s/GB = server CPU seconds")
     print("per GB served: pacswarm's own process + its gpg children / nginx master+worker.")
