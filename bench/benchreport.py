@@ -36,6 +36,7 @@ class Row:
     size: int
     clients: int
     case: str  # "hit" or "miss"
+    reps: int  # planned repetitions
     series: dict[str, Series] = field(default_factory=dict)
     note: str = ""
 
@@ -75,10 +76,17 @@ def _per_gb(cpu: float, nbytes: int) -> float | None:
     return cpu / (nbytes / 1e9) if nbytes else None
 
 
-def _row_line(row: Row, reps: int) -> str:
+def _spread(ps: Series, ngx: Series) -> str:
+    """Lowest and highest ratio of the paired repetitions (same rep, back to back)."""
+    paired = [p / n for p, n in zip(ps.mbps, ngx.mbps, strict=False) if n]
+    return f"{min(paired):.2f}-{max(paired):.2f}" if paired else "n/a"
+
+
+def _row_line(row: Row) -> str:
     ps, ngx = row.series.get(PS, Series()), row.series.get(NGX, Series())
     done = min(len(s.mbps) for s in (ps, ngx) if s.mbps) if ps.mbps or ngx.mbps else 0
-    note = " ".join(filter(None, [row.note, f"({done} of {reps} reps)" if done < reps else ""]))
+    partial = f"({done} of {row.reps} reps)" if done < row.reps else ""
+    note = " ".join(filter(None, [row.note, partial]))
     ps_m, ngx_m = _median(ps.mbps), _median(ngx.mbps)
     ratio = ps_m / ngx_m if ps_m is not None and ngx_m else None
     goal = target(row.case, row.size)
@@ -91,26 +99,29 @@ def _row_line(row: Row, reps: int) -> str:
     client = max(clients) if clients else None
     return (
         f"{size_label(row.size):>8} {row.clients:>7} {row.case:>5} {_fmt(ps_m, '9.0f')} "
-        f"{_fmt(ngx_m, '9.0f')} {_fmt(ratio, '6.2f')}{mark} {'>= ' + format(goal, '.1f'):>7}  "
+        f"{_fmt(ngx_m, '9.0f')} {_fmt(ratio, '6.2f')}{mark} {_spread(ps, ngx):>9} "
+        f"{'>= ' + format(goal, '.1f'):>7}  "
         f"{ps_cpu}+{gpg_cpu} /{ngx_cpu} {_fmt(busy, '8.2f')} {_fmt(client, '7.2f')}  {note}"
     )
 
 
-def print_rows(rows: list[Row], reps: int, client: str) -> None:
+def print_rows(rows: list[Row], client: str) -> None:
     print()
-    print(f"pacswarm vs nginx proxy_store (Arch Wiki recipe), same origin, 127.0.0.1, {reps} reps")
+    print("pacswarm vs nginx proxy_store (Arch Wiki recipe), same origin, 127.0.0.1")
     print("MB/s = 10^6 bytes/s, median over repetitions (1 client: back-to-back GETs on one")
     print("keep-alive connection; N clients: total bytes / wall time of all clients);")
     print(f"client: {client}.")
     print()
     print(
         f"{'size':>8} {'clients':>7} {'case':>5} {'pacswarm':>9} {'nginx':>9} {'ratio':>7} "
-        f"{'target':>7}  {'CPU s/GB ps+gpg/ngx':>19} {'ps cores':>8} {'client':>7}"
+        f"{'rep range':>9} {'target':>7}  {'CPU s/GB ps+gpg/ngx':>19} {'ps cores':>8} {'client':>7}"
     )
     for row in rows:
-        print(_row_line(row, reps))
+        print(_row_line(row))
     print()
-    print("ratio = pacswarm/nginx; * = below target in this run. CPU s/GB = server CPU seconds")
+    print("ratio = pacswarm/nginx of the medians; * = below target in this run; rep range =")
+    print("lowest-highest ratio of paired repetitions (run back to back), to judge the noise.")
+    print("reps: misses as given, hits 2 x reps + 1. CPU s/GB = server CPU seconds")
     print("per GB served: pacswarm's own process + its gpg children / nginx master+worker.")
     print("ps cores = pacswarm's own CPU s / wall s (near 1.0 = CPU bound: it is one process).")
     print("client = cores used by the benchmark's client threads (max of both sides).")

@@ -47,11 +47,15 @@ class MirrorHealth:
         factor = 2 ** min(state.failures - 1, 4)
         state.penalised_until = now + self.penalty * factor
 
-    def succeeded(self, url: str) -> None:
+    def succeeded(self, url: str, now: float) -> None:
+        """A transfer from ``url`` went well: forget its past failures, once its penalty is over.
+
+        A success does not cut a running penalty short: a mirror that just sent a corrupt
+        package may well deliver other files fine, and must still be tried last for a while.
+        """
         state = self._states.get(url)
-        if state is not None:
+        if state is not None and state.penalised_until <= now:
             state.failures = 0
-            state.penalised_until = 0.0
             state.last_error = ""
 
     def state(self, url: str) -> MirrorState:

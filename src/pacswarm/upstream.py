@@ -69,7 +69,7 @@ class Upstream:
         self.health.failed(mirror, reason, time.monotonic())
 
     def succeeded(self, mirror: str) -> None:
-        self.health.succeeded(mirror)
+        self.health.succeeded(mirror, time.monotonic())
 
     @asynccontextmanager
     async def open(

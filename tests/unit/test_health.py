@@ -58,12 +58,15 @@ def test_success_forgives_and_resets_the_doubling() -> None:
     health = MirrorHealth([A, B], penalty=10)
     for _ in range(3):
         health.failed(A, "stall", now=0)
-    health.succeeded(A)
-    assert health.ordered(now=0) == [A, B]
+    health.succeeded(A, now=0)  # a success while penalised does not cut the penalty short
+    assert health.ordered(now=0) == [B, A]
+    assert health.state(A).failures == 3
+    health.succeeded(A, now=1000)  # once the penalty is over, a success forgives the past
+    assert health.ordered(now=1000) == [A, B]
     assert health.state(A).failures == 0
     assert health.state(A).last_error == ""
-    health.failed(A, "stall", now=0)
-    assert health.state(A).penalised_until == 10  # back to the base penalty
+    health.failed(A, "stall", now=1000)
+    assert health.state(A).penalised_until == 1010  # back to the base penalty
 
 
 def test_last_error_is_remembered_for_the_log() -> None:
@@ -76,5 +79,5 @@ def test_last_error_is_remembered_for_the_log() -> None:
 def test_unknown_mirrors_are_ignored() -> None:
     health = MirrorHealth([A, B], penalty=10)
     health.failed("https://stranger/$repo", "x", now=0)
-    health.succeeded("https://stranger/$repo")
+    health.succeeded("https://stranger/$repo", now=0)
     assert health.ordered(now=0) == [A, B]
