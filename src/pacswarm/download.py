@@ -24,9 +24,15 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from pacswarm.config import Config
-from pacswarm.errors import IntegrityError, UpstreamError, VerificationError
+from pacswarm.errors import (
+    IntegrityError,
+    SignatureUncheckable,
+    UpstreamError,
+    VerificationError,
+)
 from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import FileKind, RequestPath
+from pacswarm.sigstream import SignatureCheck
 from pacswarm.store import Store
 from pacswarm.upstream import MirrorFault, Upstream
 from pacswarm.verify import verify_signature
@@ -68,6 +74,7 @@ class Download:
         self.error = ""
         self.sources: list[str] = []
         self.signature: bytes = b""  # set once verified; served for the .sig that follows
+        self.check: SignatureCheck | None = None  # gpg, fed as bytes arrive
         self._changed = asyncio.Event()
 
     def notify(self) -> None:
@@ -155,17 +162,25 @@ class Downloader:
 
     # -- the transfer ---------------------------------------------------------------------
 
-    async def _run(self, dl: Download) -> None:
-        key = (dl.rp.repo, dl.rp.arch, dl.rp.filename)
-        sig_task: asyncio.Task[bytes | None] | None = None
-        if dl.record.pgpsig is None:
+    async def _start_check(self, dl: Download) -> bytes:
+        """Get the signature (db, else mirror) and start gpg on the bytes as they come."""
+        signature = dl.record.pgpsig
+        if signature is None:
             sig_name = dl.rp.filename + ".sig"
             sig_rp = RequestPath(dl.rp.repo, dl.rp.arch, sig_name, FileKind.PACKAGE_SIG)
-            sig_task = asyncio.create_task(self.upstream.fetch_small(sig_rp))
+            signature = await self.upstream.fetch_small(sig_rp)
+        if signature and dl.state is State.RUNNING:
+            dl.check = SignatureCheck(self.config.gpgdir, signature, dl.temp)
+            dl.check.advance(dl.written)
+        return signature or b""
+
+    async def _run(self, dl: Download) -> None:
+        key = (dl.rp.repo, dl.rp.arch, dl.rp.filename)
+        starting = asyncio.create_task(self._start_check(dl))
         try:
             sha = await self._transfer(dl)
-            signature = dl.record.pgpsig if sig_task is None else await sig_task
-            await self._verify(dl, sha, signature or b"")
+            signature = await starting
+            await self._verify(dl, sha, signature)
         except (UpstreamError, VerificationError, OSError) as e:
             self._fail(dl, key, str(e))
             return
@@ -173,9 +188,9 @@ class Downloader:
             self._fail(dl, key, "node shutting down")
             raise
         finally:
-            if sig_task is not None and not sig_task.done():
-                sig_task.cancel()
-        dl.signature = signature or b""
+            if not starting.done():
+                starting.cancel()
+        dl.signature = signature
         dl.state = State.VERIFIED
         dl.notify()  # release the held-back tail to every reader right away
         try:
@@ -198,6 +213,8 @@ class Downloader:
         dl.state = State.FAILED
         dl.error = reason
         dl.notify()
+        if dl.check is not None:
+            dl.check.abort()
         self._active.pop(key, None)
         with contextlib.suppress(OSError):
             os.close(dl.fd)
@@ -217,9 +234,18 @@ class Downloader:
                     f"sha256 {digest} does not match the db's {dl.record.sha256} "
                     f"(sent by {', '.join(dl.sources)})"
                 )
-            verdict = await verify_signature(self.config.gpgdir, dl.temp, signature)
+            if dl.check is None:
+                verdict = await verify_signature(self.config.gpgdir, dl.temp, signature)
+            else:
+                dl.check.finish(dl.size)
+                verdict = await dl.check.verdict()
+            if verdict.local:
+                # Our own check broke (gpg missing or hung): fail, but blame no mirror.
+                raise SignatureUncheckable(f"could not check the signature: {verdict.reason}")
             if not verdict.ok:
                 raise VerificationError(f"{verdict.reason} (sent by {', '.join(dl.sources)})")
+        except SignatureUncheckable:
+            raise
         except VerificationError as e:
             for mirror in dl.sources:
                 self.upstream.failed(mirror, f"sent a bad {dl.rp.filename}: {e}")
@@ -308,4 +334,6 @@ class Downloader:
         os.pwrite(dl.fd, chunk, dl.written)
         sha.update(chunk)
         dl.written += len(chunk)
+        if dl.check is not None:
+            dl.check.advance(dl.written)
         dl.notify()

@@ -6,7 +6,8 @@
     ├── RepoDbError          a repo database could not be parsed (corrupt or not a db)
     ├── UpstreamError        no mirror could deliver a file (every mirror tried is listed)
     └── VerificationError    a package failed sha256 or signature checks (never cached)
-        └── IntegrityError   the bytes are wrong: size or sha256 differ from the db
+        ├── IntegrityError   the bytes are wrong: size or sha256 differ from the db
+        └── SignatureUncheckable  gpg could not run here; the sender is not blamed
 
 Errors carry the context (path, mirror, key) so a log line alone tells what went wrong.
 """
@@ -53,3 +54,11 @@ class VerificationError(PacswarmError):
 
 class IntegrityError(VerificationError):
     """The package bytes do not match the db: wrong size or wrong sha256."""
+
+
+class SignatureUncheckable(VerificationError):
+    """The signature could not be checked on this machine (gpg missing, hung or crashed).
+
+    The package is still refused (never served unverified), but no mirror is penalised:
+    fix the local gpg (``pacman-key --init``, install gnupg) and try again.
+    """

@@ -24,6 +24,8 @@ class Verdict:
     ok: bool
     reason: str
     fingerprint: str = ""
+    #: The check itself failed here (gpg missing, timed out): not the sender's fault.
+    local: bool = False
 
     def __str__(self) -> str:
         return self.reason
@@ -64,45 +66,57 @@ def decide(status_output: str) -> Verdict:
     return Verdict(False, f"signature by {fpr} is of unknown trust", fpr)
 
 
-async def verify_signature(gpgdir: Path, file: Path, signature: bytes) -> Verdict:
-    """Check a detached signature of ``file`` against the keyring in ``gpgdir``."""
-    if not signature:
-        return Verdict(False, "no signature available (neither %PGPSIG% in the db nor a .sig)")
+def gpg_verify_argv(gpgdir: Path, signature: str, data: str) -> list[str]:
+    """``gpg --verify`` with machine-readable status on stdout, as pacman's gpgme runs it."""
     extra: list[str] = []
     if not os.access(gpgdir / "trustdb.gpg", os.W_OK):
         # Running unprivileged on root's keyring: gpg would try to rebuild a due trustdb,
         # fail, and reject every signature. Use the trust values pacman (root) last computed.
         extra = ["--no-auto-check-trustdb", "--no-permission-warning"]
+    return [
+        "gpg",
+        "--homedir",
+        str(gpgdir),
+        "--batch",
+        "--no-tty",
+        "--quiet",
+        *extra,
+        "--status-fd",
+        "1",
+        "--verify",
+        signature,
+        data,
+    ]
+
+
+async def verify_signature(gpgdir: Path, file: Path, signature: bytes) -> Verdict:
+    """Check a detached signature of ``file`` against the keyring in ``gpgdir``."""
+    if not signature:
+        return Verdict(False, "no signature available (neither %PGPSIG% in the db nor a .sig)")
     try:
         # "-" makes gpg read the detached signature from stdin: no temp file to clean up.
         proc = await asyncio.create_subprocess_exec(
-            "gpg",
-            "--homedir",
-            str(gpgdir),
-            "--batch",
-            "--no-tty",
-            "--quiet",
-            *extra,
-            "--status-fd",
-            "1",
-            "--verify",
-            "-",
-            str(file),
+            *gpg_verify_argv(gpgdir, "-", str(file)),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
     except FileNotFoundError:
-        return Verdict(False, "gpg is not installed; install gnupg")
+        return Verdict(False, "gpg is not installed; install gnupg", local=True)
     try:
         out, err = await asyncio.wait_for(proc.communicate(signature), GPG_TIMEOUT)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        return Verdict(False, f"gpg did not answer within {GPG_TIMEOUT:.0f} s")
-    verdict = decide(out.decode("utf-8", "replace"))
+        return Verdict(False, f"gpg did not answer within {GPG_TIMEOUT:.0f} s", local=True)
+    return verdict_from_gpg(out, err)
+
+
+def verdict_from_gpg(stdout: bytes, stderr: bytes) -> Verdict:
+    """:func:`decide` on gpg's status lines, with gpg's own last words when it had no answer."""
+    verdict = decide(stdout.decode("utf-8", "replace"))
     if not verdict.ok and "no valid signature" in verdict.reason:
-        detail = err.decode("utf-8", "replace").strip().splitlines()
+        detail = stderr.decode("utf-8", "replace").strip().splitlines()
         if detail:
             return Verdict(False, f"{verdict.reason}: {detail[-1]}")
     return verdict
