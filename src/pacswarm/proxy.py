@@ -152,6 +152,9 @@ class Proxy:
         if wanted:
             resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{dl.size}"
         await resp.prepare(request)
+        if request.transport is not None:
+            # Let a fast client take a whole read's worth before we wait for it to drain.
+            request.transport.set_write_buffer_limits(high=1 << 20)
         try:
             async for chunk in dl.follow(start, end):
                 await resp.write(chunk)

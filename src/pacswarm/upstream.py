@@ -52,6 +52,8 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             timeout=timeout,
             auto_decompress=False,  # bytes must reach the hash exactly as the mirror has them
+            # Big reads: one loop iteration (write, hash, wake readers) per MiB, not per 64 KiB.
+            read_bufsize=1 << 20,
             headers={"User-Agent": f"pacswarm/{__version__}"},
             connector=aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300),
         )
