@@ -16,6 +16,7 @@ from typing import Any
 from pacswarm import __version__
 from pacswarm.config import Config, config_keys, load_config
 from pacswarm.errors import PacswarmError
+from pacswarm.ipfs.unixfs import import_stream
 from pacswarm.node import initialise, resolve_mirrors, serve
 from pacswarm.verify import verify_signature
 
@@ -30,6 +31,12 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mirrorlist", type=Path, help="pacman mirrorlist to read mirrors from")
     p.add_argument("--gpgdir", type=Path, help="pacman keyring (/etc/pacman.d/gnupg)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--p2p-listen", action="append", metavar="MULTIADDR", help="libp2p listen address"
+    )
+    p.add_argument("--gateway-listen", metavar="HOST:PORT", help="trustless gateway (0.0.0.0:4080)")
+    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="bootstrap peer")
+    p.add_argument("--no-mdns", action="store_true", help="do not discover peers on the LAN")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--sig", type=Path, help="detached signature (default: PACKAGE.sig)")
     ver.add_argument("--gpgdir", type=Path, help="pacman keyring (/etc/pacman.d/gnupg)")
     ver.add_argument("--config", type=Path, help="TOML config file (for gpgdir)")
+    cid = sub.add_parser("cid", help="print the IPFS CIDs of files (as ipfs add --cid-version=1)")
+    cid.add_argument("files", type=Path, nargs="+")
     return parser
 
 
@@ -57,6 +66,10 @@ def _config(args: argparse.Namespace) -> Config:
         "mirrorlist": getattr(args, "mirrorlist", None),
         "gpgdir": getattr(args, "gpgdir", None),
         "log_level": getattr(args, "log_level", None),
+        "p2p_listen": getattr(args, "p2p_listen", None),
+        "gateway_listen": getattr(args, "gateway_listen", None),
+        "bootstrap": getattr(args, "bootstrap", None),
+        "mdns": False if getattr(args, "no_mdns", False) else None,
     }
     return load_config(args.config, overrides)
 
@@ -99,8 +112,25 @@ def cmd_verify(config: Config, package: Path, sig: Path | None) -> int:
     return 0 if verdict.ok else 1
 
 
+def cmd_cid(files: list[Path]) -> int:
+    """One ``CID  FILE`` line per file, like sha256sum; the CID kubo would give the file."""
+    status = 0
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                result = import_stream(f)
+        except OSError as e:
+            print(f"{path}: cannot read ({e.strerror})", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{result.root}  {path}")
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "cid":
+        return cmd_cid(args.files)
     try:
         config = _config(args)
         _logging(config.log_level)

@@ -20,6 +20,10 @@ DEFAULT_MIRRORLIST = Path("/etc/pacman.d/mirrorlist")
 DEFAULT_GPGDIR = Path("/etc/pacman.d/gnupg")
 #: Used when there is no mirrorlist to import: Arch's own geo-balanced mirror.
 DEFAULT_MIRROR = "https://geo.mirror.pkgbuild.com/$repo/os/$arch"
+#: kubo's one bootstrap peer with a literal address (the others are /dnsaddr names).
+DEFAULT_BOOTSTRAP = (
+    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+)
 
 
 def default_data_dir() -> Path:
@@ -59,10 +63,23 @@ class Config:
     #: frozen (a mirror replaying an old but valid state). Arch updates core daily.
     db_freeze_after: float = 7 * 24 * 3600.0
     log_level: str = "info"
+    #: libp2p listen multiaddrs (TCP; Noise + Yamux).
+    p2p_listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
+    #: Peer-facing IPFS Trustless Gateway (HTTP): only /ipfs/<cid> is reachable there.
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = 4080
+    #: Peers dialled at start to join the network (multiaddrs with /p2p/<peer id>).
+    bootstrap: tuple[str, ...] = DEFAULT_BOOTSTRAP
+    #: Find other nodes on the LAN by multicast DNS.
+    mdns: bool = True
 
     @property
     def listen(self) -> str:
         return f"{self.listen_host}:{self.listen_port}"
+
+    @property
+    def gateway_listen(self) -> str:
+        return f"{self.gateway_host}:{self.gateway_port}"
 
 
 _TOML_KEYS = {
@@ -77,6 +94,10 @@ _TOML_KEYS = {
     "mirror_penalty",
     "db_freeze_after",
     "log_level",
+    "p2p_listen",
+    "gateway_listen",
+    "bootstrap",
+    "mdns",
 }
 
 
@@ -141,12 +162,47 @@ def _apply(config: Config, values: dict[str, Any], source: str) -> Config:
         if not isinstance(values["min_speed"], int) or values["min_speed"] < 0:
             raise ConfigError(f"{source}: min_speed must be a whole number of bytes per second")
         changes["min_speed"] = values["min_speed"]
+    changes.update(_p2p_changes(values, source))
     if "log_level" in values:
         level = str(values["log_level"]).lower()
         if level not in {"debug", "info", "warning", "error"}:
             raise ConfigError(f"{source}: log_level must be debug, info, warning or error")
         changes["log_level"] = level
     return replace(config, **changes)
+
+
+def _multiaddrs(values: dict[str, Any], key: str, source: str) -> tuple[str, ...]:
+    value = values[key]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: {key} must be a list of multiaddrs")
+    for addr in value:
+        if not addr.startswith("/"):
+            raise ConfigError(
+                f"{source}: {key} entry {addr!r} is not a multiaddr "
+                "(expected something like /ip4/0.0.0.0/tcp/4001)"
+            )
+    return tuple(value)
+
+
+def _p2p_changes(values: dict[str, Any], source: str) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for key in ("p2p_listen", "bootstrap"):
+        if key in values:
+            changes[key] = _multiaddrs(values, key, source)
+    if "bootstrap" in changes:
+        for addr in changes["bootstrap"]:
+            if "/p2p/" not in addr:
+                raise ConfigError(f"{source}: bootstrap peer {addr!r} lacks /p2p/<peer id>")
+    if "gateway_listen" in values:
+        host, port = parse_listen(str(values["gateway_listen"]), "gateway_listen")
+        changes["gateway_host"], changes["gateway_port"] = host, port
+    if "mdns" in values:
+        if not isinstance(values["mdns"], bool):
+            raise ConfigError(f"{source}: mdns must be true or false")
+        changes["mdns"] = values["mdns"]
+    return changes
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:

@@ -152,18 +152,54 @@ def test_mirrorlist_flag_makes_it_explicit(tmp_path: Path) -> None:
 
 def test_config_keys_lists_every_toml_key() -> None:
     assert config_keys() == [
+        "bootstrap",
         "connect_timeout",
         "data_dir",
         "db_freeze_after",
+        "gateway_listen",
         "gpgdir",
         "listen",
         "log_level",
+        "mdns",
         "min_speed",
         "mirror_penalty",
         "mirrorlist",
         "mirrors",
+        "p2p_listen",
         "stall_timeout",
     ]
+
+
+def test_ipfs_defaults_and_overrides(tmp_path: Path) -> None:
+    config = load_config(None)
+    assert config.p2p_listen == ("/ip4/0.0.0.0/tcp/4001",)
+    assert config.gateway_listen == "0.0.0.0:4080"
+    assert config.mdns is True
+    assert all("/p2p/" in a for a in config.bootstrap)
+    path = write(
+        tmp_path,
+        'p2p_listen = ["/ip4/127.0.0.1/tcp/0"]\ngateway_listen = "127.0.0.1:0"\n'
+        "bootstrap = []\nmdns = false\n",
+    )
+    config = load_config(path, {"bootstrap": ["/ip4/127.0.0.1/tcp/9/p2p/QmPeer"]})
+    assert config.p2p_listen == ("/ip4/127.0.0.1/tcp/0",)
+    assert (config.gateway_host, config.gateway_port) == ("127.0.0.1", 0)
+    assert config.bootstrap == ("/ip4/127.0.0.1/tcp/9/p2p/QmPeer",)
+    assert config.mdns is False
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('p2p_listen = ["0.0.0.0:4001"]', "not a multiaddr"),
+        ('bootstrap = ["/ip4/1.2.3.4/tcp/4001"]', "/p2p/"),
+        ('mdns = "yes"', "mdns"),
+        ('gateway_listen = "nope"', "gateway_listen"),
+    ],
+)
+def test_bad_ipfs_settings_are_named(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config(write(tmp_path, text + "\n"))
 
 
 # -- refused values -----------------------------------------------------------------------------
