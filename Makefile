@@ -26,19 +26,7 @@ test: deps venv
 
 ## System packages the tests drive for real: pacman, makepkg, repo-add, gpg, zstd, nginx.
 deps:
-	@if command -v apt-get >/dev/null 2>&1; then \
-	  need=""; \
-	  for p in pacman-package-manager makepkg archlinux-keyring gnupg zstd libarchive-tools fakeroot nginx; do \
-	    dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; \
-	  done; \
-	  if [ -n "$$need" ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need; \
-	  fi; \
-	elif command -v pacman >/dev/null 2>&1 && [ -f /etc/arch-release ]; then \
-	  pacman -S --needed --noconfirm python gnupg zstd libarchive fakeroot nginx; \
-	else \
-	  echo "make deps: need apt-get (Debian) or pacman (Arch); install pacman, makepkg, gpg, zstd, nginx by hand" >&2; exit 1; \
-	fi
+	./scripts/install-test-deps.sh
 
 unit: venv
 	$(PY) -m pytest tests/unit

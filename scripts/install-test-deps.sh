@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# What `make test` needs beyond Python packages, on Debian or Arch:
+# the real pacman/makepkg/repo-add/gpg the tests drive, nginx for the benchmark, and gcc + GMP
+# because py-libp2p's fastecdsa dependency builds from source.
+set -euo pipefail
+
+debian_packages=(pacman-package-manager makepkg archlinux-keyring gnupg zstd libarchive-tools
+  fakeroot nginx gcc libgmp-dev)
+arch_packages=(python gnupg zstd libarchive fakeroot nginx gcc gmp nodejs npm)
+
+if command -v apt-get >/dev/null 2>&1; then
+  need=()
+  for p in "${debian_packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv python3-dev)
+  command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+  if ((${#need[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+elif command -v pacman >/dev/null 2>&1 && [ -f /etc/arch-release ]; then
+  pacman -S --needed --noconfirm "${arch_packages[@]}"
+else
+  echo "install-test-deps: need apt-get (Debian) or pacman (Arch); install pacman, makepkg," \
+    "gnupg, zstd, nginx, gcc and GMP by hand" >&2
+  exit 1
+fi
