@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -17,8 +19,10 @@ from pacswarm.config import DEFAULT_MIRROR, Config
 from pacswarm.dbsync import RepoDbs
 from pacswarm.download import Downloader
 from pacswarm.errors import ConfigError, MirrorlistError
+from pacswarm.ipfs.service import IpfsService
 from pacswarm.mirrorlist import parse_mirrorlist, read_mirrorlist, usable_mirrors
 from pacswarm.proxy import Proxy
+from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.store import Store
 from pacswarm.upstream import Upstream
 
@@ -80,7 +84,10 @@ class Node:
         self.dbs = RepoDbs(self.store, self.upstream, config)
         self.downloader = Downloader(self.store, self.upstream, config)
         self.proxy = Proxy(self.store, self.dbs, self.downloader, self.upstream)
+        self.ipfs = IpfsService(config, self.store.cache_path, self.store.remove_package)
+        self.downloader.on_committed.append(self.ipfs.publish)
         self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def app(self) -> web.Application:
         # Requests larger than this are not pacman's; aiohttp answers 400/431 for them.
@@ -116,8 +123,22 @@ class Node:
             self.config.listen,
             ", ".join(self.upstream.mirrors),
         )
+        await self.ipfs.start()
+        cached = [
+            RequestPath(p.repo, p.arch, p.filename, FileKind.PACKAGE) for p in self.store.cached()
+        ]
+        self._background(self.ipfs.import_existing(cached))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ipfs.stop()
         await self.downloader.close()
         if self._runner is not None:
             await self._runner.cleanup()

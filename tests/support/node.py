@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -40,8 +41,11 @@ class PacswarmNode:
         self.mirrorlist.write_text("".join(f"Server = {m}\n" for m in mirrors))
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         # Short stall detection keeps failover tests fast; still the product's own logic.
+        # The IPFS side listens on loopback only, on ports the OS picks, and dials nobody.
         self.config.write_text(
-            'log_level = "debug"\nstall_timeout = 2.0\nmirror_penalty = 60.0\n' + extra_config
+            'log_level = "debug"\nstall_timeout = 2.0\nmirror_penalty = 60.0\n'
+            'gateway_listen = "127.0.0.1:0"\np2p_listen = ["/ip4/127.0.0.1/tcp/0"]\n'
+            "bootstrap = []\nmdns = false\n" + extra_config
         )
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -101,6 +105,12 @@ class PacswarmNode:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
             self.proc = None
+
+    @property
+    def gateway_url(self) -> str:
+        """The peer-facing Trustless Gateway (its port is chosen at start)."""
+        info = json.loads((self.data_dir / "ipfs" / "config.json").read_text())
+        return f"http://{info['gateway']}"
 
     def log(self) -> str:
         try:

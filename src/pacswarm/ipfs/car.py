@@ -116,17 +116,24 @@ def _parse_header(frame: bytes) -> tuple[CID, ...]:
         raise CarError("not a CARv1 header")
     roots: list[CID] = []
     pos = frame.find(b"\xd8\x2a")
-    while pos != -1:
-        head = frame[pos + 2]
-        if head >> 5 != 2:
-            raise CarError("malformed CID in CAR header")
-        n = head & 0x1F
-        start = pos + 3
-        if n == 24:
-            n, start = frame[pos + 3], pos + 4
-        raw = frame[start : start + n]
-        if not raw.startswith(b"\x00"):
-            raise CarError("CID in CAR header lacks the identity multibase prefix")
-        roots.append(CID.from_bytes(raw[1:])[0])
-        pos = frame.find(b"\xd8\x2a", start + n)
+    try:
+        while pos != -1:
+            head = frame[pos + 2]
+            if head >> 5 != 2:
+                raise CarError("malformed CID in CAR header")
+            n = head & 0x1F
+            start = pos + 3
+            if n == 24:
+                n, start = frame[pos + 3], pos + 4
+            elif n > 24:
+                raise CarError("CID in CAR header is too long")
+            if start + n > len(frame):
+                raise CarError("CID in CAR header runs past the header")
+            raw = frame[start : start + n]
+            if not raw.startswith(b"\x00"):
+                raise CarError("CID in CAR header lacks the identity multibase prefix")
+            roots.append(CID.from_bytes(raw[1:])[0])
+            pos = frame.find(b"\xd8\x2a", start + n)
+    except (IndexError, CIDError) as e:
+        raise CarError(f"malformed CAR header: {e}") from None
     return tuple(roots)

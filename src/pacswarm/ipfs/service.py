@@ -1,0 +1,139 @@
+"""The node's IPFS side, as the proxy sees it: verified packages in, content out.
+
+The proxy hands every package it has verified and cached to :meth:`IpfsService.publish`; the
+service imports it into the blockstore (CIDs identical to kubo's, leaves as byte ranges of the
+cached file) and makes it reachable: over the peer-facing Trustless Gateway, and over libp2p
+(Bitswap, DHT provider records) once the host runs. Nothing unverified ever gets here, so
+nothing unverified is ever offered to peers.
+
+Layout in the data directory::
+
+    ipfs/identity.key    the libp2p ed25519 key (mode 0600): the peer ID survives restarts
+    ipfs/config.json     peer ID and listen addresses, written at every start (for humans)
+    ipfs/blocks.sqlite   the blockstore's index (leaves = ranges of cache files) and datastore
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from pacswarm.config import Config
+from pacswarm.errors import ConfigError
+from pacswarm.ipfs.blockstore import BlockstoreError, PackageBlockstore
+from pacswarm.ipfs.cid import CID
+from pacswarm.ipfs.gateway import gateway_app
+from pacswarm.requestpath import FileKind, RequestPath
+
+log = logging.getLogger(__name__)
+
+
+def package_key(rp: RequestPath) -> str:
+    return f"{rp.repo}/{rp.arch}/{rp.filename}"
+
+
+def key_to_path(key: str) -> RequestPath:
+    repo, arch, filename = key.split("/", 2)
+    return RequestPath(repo, arch, filename, FileKind.PACKAGE)
+
+
+class IpfsService:
+    def __init__(
+        self,
+        config: Config,
+        cache_path: Callable[[RequestPath], Path],
+        drop_package: Callable[[RequestPath], None],
+    ) -> None:
+        self.config = config
+        self.dir = config.data_dir / "ipfs"
+        self._cache_path = cache_path
+        self._drop_package = drop_package
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.blocks: PackageBlockstore | None = None
+        self._gateway: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.gateway_port: int | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.blocks = PackageBlockstore(
+            self.dir / "blocks.sqlite",
+            locate=lambda key: self._cache_path(key_to_path(key)),
+            on_corrupt=self._on_corrupt,
+        )
+        self._gateway = web.AppRunner(gateway_app(self.blocks), access_log=None)
+        await self._gateway.setup()
+        site = web.TCPSite(self._gateway, self.config.gateway_host, self.config.gateway_port)
+        try:
+            await site.start()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on gateway_listen = {self.config.gateway_listen}: {e.strerror}; "
+                "choose another with --gateway-listen HOST:PORT"
+            ) from None
+        server = site._server  # the bound socket tells the real port when 0 was asked for
+        sockets = getattr(server, "sockets", None) or []
+        self.gateway_port = sockets[0].getsockname()[1] if sockets else self.config.gateway_port
+        log.info(
+            "trustless gateway on http://%s:%s/ipfs/", self.config.gateway_host, self.gateway_port
+        )
+        self.write_info({"gateway": f"{self.config.gateway_host}:{self.gateway_port}"})
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._gateway is not None:
+            await self._gateway.cleanup()
+        if self.blocks is not None:
+            self.blocks.close()
+
+    def write_info(self, info: dict[str, object]) -> None:
+        path = self.dir / "config.json"
+        try:
+            current = json.loads(path.read_text())
+        except (OSError, ValueError):
+            current = {}
+        current.update(info)
+        path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+    # -- packages in ----------------------------------------------------------------------
+
+    def publish(self, rp: RequestPath, path: Path) -> None:
+        """A verified package was cached: import it (off the event loop) and offer it."""
+        task = asyncio.create_task(self._publish(rp, path), name=f"ipfs import {rp}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, rp: RequestPath, path: Path) -> CID | None:
+        assert self.blocks is not None
+        try:
+            root = await asyncio.to_thread(self.blocks.add_package, package_key(rp), path)
+        except (OSError, BlockstoreError) as e:
+            log.warning("could not add %s to IPFS: %s", rp, e)
+            return None
+        log.info("ipfs: %s is /ipfs/%s", rp.filename, root)
+        return root
+
+    async def import_existing(self, cached: list[RequestPath]) -> None:
+        """Import packages cached before this start (or before IPFS existed) that it lacks."""
+        assert self.blocks is not None
+        known = set(await asyncio.to_thread(self.blocks.keys))
+        for rp in cached:
+            if package_key(rp) not in known:
+                await self._publish(rp, self._cache_path(rp))
+
+    def root_of(self, rp: RequestPath) -> CID | None:
+        return self.blocks.root_of(package_key(rp)) if self.blocks is not None else None
+
+    def _on_corrupt(self, key: str) -> None:
+        """Called from any thread when a cached file no longer matches its CIDs."""
+        log.error("cached %s is corrupt on disk (bit rot?): removing it from the cache", key)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drop_package, key_to_path(key))
