@@ -155,6 +155,14 @@ class Pacswarm:
         argv = [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}"]
         argv += ["--data-dir", str(self.data_dir), "--mirrorlist", str(self.mirrorlist)]
         argv += ["--gpgdir", str(self.gpgdir)]
+        # Its IPFS side on loopback only, ports picked by the OS, no bootstrap, no mDNS: a
+        # benchmark talks to 127.0.0.1 and nothing else.
+        config = self.root / "pacswarm.toml"
+        config.write_text(
+            'gateway_listen = "127.0.0.1:0"\np2p_listen = ["/ip4/127.0.0.1/tcp/0"]\n'
+            "bootstrap = []\nmdns = false\n"
+        )
+        argv += ["--config", str(config)]
         self.proc = self.reg.start("pacswarm", argv, self.root / "pacswarm.log")
         wait_ready(self.proc, self.port, db_path())  # like pacman -Sy: the db comes first
 

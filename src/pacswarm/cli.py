@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from pacswarm import __version__
 from pacswarm.config import Config, config_keys, load_config
 from pacswarm.errors import PacswarmError
+from pacswarm.ipfs.identity import peer_id_of
 from pacswarm.ipfs.unixfs import import_stream
 from pacswarm.node import initialise, resolve_mirrors, serve
 from pacswarm.verify import verify_signature
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--sig", type=Path, help="detached signature (default: PACKAGE.sig)")
     ver.add_argument("--gpgdir", type=Path, help="pacman keyring (/etc/pacman.d/gnupg)")
     ver.add_argument("--config", type=Path, help="TOML config file (for gpgdir)")
+    ident = sub.add_parser("id", help="print this node's libp2p peer ID and listen addresses")
+    _node_flags(ident)
     cid = sub.add_parser("cid", help="print the IPFS CIDs of files (as ipfs add --cid-version=1)")
     cid.add_argument("files", type=Path, nargs="+")
     return parser
@@ -112,6 +116,28 @@ def cmd_verify(config: Config, package: Path, sig: Path | None) -> int:
     return 0 if verdict.ok else 1
 
 
+def cmd_id(config: Config) -> int:
+    """The peer ID (creating the identity on first use, as init does) and the addresses.
+
+    A running node writes the addresses it really listens on to ipfs/config.json; before the
+    first start, the configured ones are shown.
+    """
+    initialise(config)
+    peer_id = peer_id_of(config.data_dir / "ipfs" / "identity.key")
+    print(f"peer ID: {peer_id}")
+    addrs = [f"{a}/p2p/{peer_id}" for a in config.p2p_listen]
+    try:
+        info = json.loads((config.data_dir / "ipfs" / "config.json").read_text())
+        if info.get("peer_id") == peer_id and info.get("addrs"):
+            addrs = list(info["addrs"])
+    except (OSError, ValueError):
+        pass
+    for addr in addrs:
+        print(f"  {addr}")
+    print(f"gateway: http://{config.gateway_listen}/ipfs/")
+    return 0
+
+
 def cmd_cid(files: list[Path]) -> int:
     """One ``CID  FILE`` line per file, like sha256sum; the CID kubo would give the file."""
     status = 0
@@ -138,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_init(config)
         if args.command == "serve":
             return cmd_serve(config)
+        if args.command == "id":
+            return cmd_id(config)
         return cmd_verify(config, args.package, args.sig)
     except PacswarmError as e:
         print(f"pacswarm: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ from pacswarm.config import DEFAULT_MIRROR, Config
 from pacswarm.dbsync import RepoDbs
 from pacswarm.download import Downloader
 from pacswarm.errors import ConfigError, MirrorlistError
+from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipfs.service import IpfsService
 from pacswarm.mirrorlist import parse_mirrorlist, read_mirrorlist, usable_mirrors
 from pacswarm.proxy import Proxy
@@ -39,6 +40,8 @@ def initialise(config: Config) -> tuple[bool, list[str]]:
     """
     store = Store(config.data_dir)
     created = store.initialise()
+    # The IPFS repo: the libp2p identity (same peer ID forever after), created once.
+    load_or_create_identity(config.data_dir / "ipfs" / "identity.key")
     imported = config.data_dir / IMPORTED_MIRRORLIST
     if imported.exists():
         return created, parse_mirrorlist(imported.read_text(), str(imported))

@@ -80,9 +80,13 @@ class PacswarmNode:
                 raise RuntimeError(f"pacswarm exited early:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.base_url + "/", timeout=1):
-                    return self
+                    pass
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
+                continue
+            if self._ipfs_info().get("addrs"):  # the IPFS side is up too
+                return self
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"pacswarm did not start within {timeout} s:\n{self.log()}")
 
@@ -106,11 +110,24 @@ class PacswarmNode:
             self.proc.wait(timeout=10)
             self.proc = None
 
+    def _ipfs_info(self) -> dict[str, object]:
+        try:
+            info = json.loads((self.data_dir / "ipfs" / "config.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
     @property
     def gateway_url(self) -> str:
         """The peer-facing Trustless Gateway (its port is chosen at start)."""
-        info = json.loads((self.data_dir / "ipfs" / "config.json").read_text())
-        return f"http://{info['gateway']}"
+        return f"http://{self._ipfs_info()['gateway']}"
+
+    @property
+    def p2p_addrs(self) -> list[str]:
+        """The libp2p multiaddrs the node listens on, each ending in /p2p/<peer id>."""
+        addrs = self._ipfs_info()["addrs"]
+        assert isinstance(addrs, list)
+        return [str(a) for a in addrs]
 
     def log(self) -> str:
         try:

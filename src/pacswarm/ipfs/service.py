@@ -9,7 +9,7 @@ nothing unverified is ever offered to peers.
 Layout in the data directory::
 
     ipfs/identity.key    the libp2p ed25519 key (mode 0600): the peer ID survives restarts
-    ipfs/config.json     peer ID and listen addresses, written at every start (for humans)
+    ipfs/config.json     peer ID, libp2p and gateway addresses, written at every start
     ipfs/blocks.sqlite   the blockstore's index (leaves = ranges of cache files) and datastore
 """
 
@@ -28,6 +28,7 @@ from pacswarm.errors import ConfigError
 from pacswarm.ipfs.blockstore import BlockstoreError, PackageBlockstore
 from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.gateway import gateway_app
+from pacswarm.ipfs.host import P2PHost
 from pacswarm.requestpath import FileKind, RequestPath
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,26 @@ def package_key(rp: RequestPath) -> str:
 def key_to_path(key: str) -> RequestPath:
     repo, arch, filename = key.split("/", 2)
     return RequestPath(repo, arch, filename, FileKind.PACKAGE)
+
+
+class _ServedBlocks:
+    """The blockstore as Bitswap sees it: a corrupt or unreadable block is simply absent.
+
+    The blockstore has already reported the corruption (and dropped the package); the peer
+    gets a DONT_HAVE instead of a broken stream.
+    """
+
+    def __init__(self, blocks: PackageBlockstore) -> None:
+        self._blocks = blocks
+
+    def get(self, cid: CID) -> bytes | None:
+        try:
+            return self._blocks.get(cid)
+        except BlockstoreError:
+            return None
+
+    def has(self, cid: CID) -> bool:
+        return self._blocks.has(cid)
 
 
 class IpfsService:
@@ -56,6 +77,7 @@ class IpfsService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.blocks: PackageBlockstore | None = None
         self._gateway: web.AppRunner | None = None
+        self.host: P2PHost | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.gateway_port: int | None = None
 
@@ -83,25 +105,47 @@ class IpfsService:
         log.info(
             "trustless gateway on http://%s:%s/ipfs/", self.config.gateway_host, self.gateway_port
         )
-        self.write_info({"gateway": f"{self.config.gateway_host}:{self.gateway_port}"})
+        # A fresh file each start: addresses of an earlier run (ports may differ) must go.
+        self.write_info({"gateway": f"{self.config.gateway_host}:{self.gateway_port}"}, fresh=True)
+        self.host = P2PHost(
+            self.dir / "identity.key",
+            listen_addrs=list(self.config.p2p_listen),
+            bootstrap=list(self.config.bootstrap),
+            mdns=self.config.mdns,
+            blocks=_ServedBlocks(self.blocks),
+        )
+        try:
+            await self.host.start()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot start libp2p on p2p_listen = {list(self.config.p2p_listen)}: {e}; "
+                "choose others with --p2p-listen MULTIADDR"
+            ) from None
+        addrs = self.host.listen_addrs()
+        log.info("libp2p peer %s listening on %s", self.host.peer_id, ", ".join(addrs))
+        self.write_info({"peer_id": self.host.peer_id, "addrs": addrs})
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.host is not None:
+            await self.host.stop()
         if self._gateway is not None:
             await self._gateway.cleanup()
         if self.blocks is not None:
             self.blocks.close()
 
-    def write_info(self, info: dict[str, object]) -> None:
+    def write_info(self, info: dict[str, object], *, fresh: bool = False) -> None:
         path = self.dir / "config.json"
         try:
-            current = json.loads(path.read_text())
+            current = {} if fresh else json.loads(path.read_text())
         except (OSError, ValueError):
             current = {}
         current.update(info)
-        path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)  # readers (pacswarm id, scripts) never see half a file
 
     # -- packages in ----------------------------------------------------------------------
 
@@ -119,6 +163,11 @@ class IpfsService:
             log.warning("could not add %s to IPFS: %s", rp, e)
             return None
         log.info("ipfs: %s is /ipfs/%s", rp.filename, root)
+        if self.host is not None:
+            try:
+                await self.host.provide(root)
+            except Exception as e:  # a DHT hiccup must not lose the import
+                log.info("could not announce %s on the DHT: %s", root, e)
         return root
 
     async def import_existing(self, cached: list[RequestPath]) -> None:

@@ -1,0 +1,302 @@
+"""A windowed Bitswap fetch of a UnixFS file, written to a file object in order.
+
+Why not py-libp2p's ``MerkleDag.fetch_file``: it asks for fixed batches of 32 blocks and
+waits a 1 s retry interval whenever a batch comes back incomplete (~14 MB/s on loopback).
+Here W want-blocks stay in flight and every arriving block frees a slot at once.
+
+The DAG is walked as a flat list of *slots* in file order. A slot holds a CID until its block
+arrives: a raw leaf then holds the bytes; a dag-pb node is replaced, wherever it sits, by its
+inline data and its children, so the requests for the next subtree go out long before the
+writer gets there. The writer drains ready slots from the head. Every block is matched by its
+sha256 to a CID we asked for; bytes matching nothing we asked that peer for abort the fetch.
+
+Peers: wants go to one peer at a time; a DontHave moves that CID to the next peer, a peer we
+cannot open a Bitswap stream to is dropped, and a stall (no block for ``stall_timeout``)
+moves every outstanding want to the next peer. Received blocks are cancelled at the sender,
+as the spec asks (Helia never serves a CID again to a peer that did not cancel it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import BinaryIO
+
+import trio
+from libp2p.peer.id import ID
+
+from pacswarm.ipfs.bitswap import BitswapEngine
+from pacswarm.ipfs.cid import CID, DAG_PB, RAW, CIDError, decode_varint
+from pacswarm.ipfs.dagpb import decode_node
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 64  # Helia breaks at 256 (yamux frame > py-libp2p's window)
+DEFAULT_STALL_TIMEOUT = 30.0
+
+
+class FetchError(RuntimeError):
+    """A Bitswap fetch failed: no peer has a block, peers stopped answering, bad DAG."""
+
+
+class _Slot:
+    __slots__ = ("cid", "data")
+
+    def __init__(self, cid: CID | None, data: bytes | None = None) -> None:
+        self.cid = cid
+        self.data = data
+
+
+def unixfs_file_data(node_data: bytes | None) -> bytes:
+    """Inline file bytes of a UnixFS node (CIDv0 leaves carry them); refuses non-files."""
+    if not node_data:
+        return b""
+    pos, kind, inline = 0, None, b""
+    while pos < len(node_data):
+        key, pos = decode_varint(node_data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = decode_varint(node_data, pos)
+            if number == 1:
+                kind = value
+        elif wire == 2:
+            length, pos = decode_varint(node_data, pos)
+            if number == 2:
+                inline = bytes(node_data[pos : pos + length])
+            pos += length
+        else:
+            raise CIDError(f"unsupported UnixFS wire type {wire}")
+    if kind not in (0, 2):  # Raw, File
+        raise FetchError(f"not a UnixFS file (DataType {kind})")
+    return inline
+
+
+class FileFetch:
+    """State of one fetch; a :class:`~pacswarm.ipfs.bitswap.BlockSink` of the engine."""
+
+    def __init__(self, root: CID, peers: list[ID], window: int) -> None:
+        self.peers = peers
+        self.window = window
+        self.slots: list[_Slot] = [_Slot(root)]
+        self.head = 0
+        self.scan = 0
+        self.waiting: dict[bytes, list[_Slot]] = {root.digest: [self.slots[0]]}
+        self.inflight: dict[bytes, tuple[CID, int]] = {}  # digest -> (cid, peer index)
+        self.seen: set[bytes] = set()
+        self.tried: dict[bytes, set[int]] = {}
+        self.current = 0
+        self.error: Exception | None = None
+        self.wake = trio.Event()
+        self.progressed = False
+        self.rotations = 0
+        self.received: dict[int, list[CID]] = {}  # peer index -> CIDs to cancel there
+        self.dead: set[int] = set()  # peers we could not send wants to
+
+    # BlockSink ------------------------------------------------------------------------------
+
+    def offer(self, peer: ID, digest: bytes, data: bytes) -> bool:
+        entry = self.inflight.pop(digest, None)
+        if entry is None:
+            return False
+        self.received.setdefault(entry[1], []).append(entry[0])
+        self.seen.add(digest)
+        try:
+            for slot in self.waiting.pop(digest, []):
+                self._fill(slot, data)
+        except (CIDError, FetchError) as e:
+            self.fail(FetchError(f"bad DAG node from {peer}: {e}"))
+        self._poke()
+        return True
+
+    def claims(self, peer: ID, digest: bytes) -> bool:
+        return digest in self.seen
+
+    def expects_from(self, peer: ID) -> bool:
+        return peer in self.peers and any(self.peers[i] == peer for _, i in self.inflight.values())
+
+    def fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        self._poke()
+
+    def dont_have(self, peer: ID, digest: bytes) -> None:
+        entry = self.inflight.get(digest)
+        if entry is None or self.peers[entry[1]] != peer:
+            return
+        tried = self.tried.setdefault(digest, set())
+        tried.add(entry[1])
+        del self.inflight[digest]  # re-requested from the next peer by the main loop
+        if len(tried | self.dead) >= len(self.peers):
+            self.fail(FetchError(f"no peer has block {entry[0]}"))
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the fetch loop, also if it is not waiting yet (it checks ``progressed``)."""
+        self.progressed = True
+        self.wake.set()
+
+    # DAG walk -------------------------------------------------------------------------------
+
+    def _fill(self, slot: _Slot, data: bytes) -> None:
+        assert slot.cid is not None
+        if slot.cid.codec == RAW:
+            slot.data = data
+            return
+        if slot.cid.codec != DAG_PB:
+            raise FetchError(f"unsupported codec 0x{slot.cid.codec:x}")
+        node = decode_node(data)
+        inline = unixfs_file_data(node.data)
+        children = [_Slot(None, inline)] if inline else []
+        for link in node.links:
+            child = _Slot(link.cid)
+            children.append(child)
+            self.waiting.setdefault(link.cid.digest, []).append(child)
+        index = self.slots.index(slot, self.head)
+        self.slots[index : index + 1] = children
+        self.scan = min(self.scan, index)
+
+    def next_wants(self) -> dict[int, list[CID]]:
+        """CIDs to request now (window permitting), grouped by peer index."""
+        out: dict[int, list[CID]] = {}
+        budget = self.window - len(self.inflight)
+        i = self.scan
+        advancing = True
+        while budget > 0 and i < len(self.slots):
+            slot = self.slots[i]
+            i += 1
+            if slot.data is not None or slot.cid is None:
+                self.scan = i if advancing else self.scan
+                continue
+            digest = slot.cid.digest
+            if digest in self.inflight:
+                advancing = False
+                continue
+            advancing = False
+            tried = self.tried.get(digest, set())
+            peer = next((p for p in self._peer_order() if p not in tried), None)
+            if peer is None:  # every peer said DontHave or failed: dont_have() reports it
+                continue
+            self.inflight[digest] = (slot.cid, peer)
+            out.setdefault(peer, []).append(slot.cid)
+            budget -= 1
+        return out
+
+    def _peer_order(self) -> list[int]:
+        n = len(self.peers)
+        return [i for i in ((self.current + k) % n for k in range(n)) if i not in self.dead]
+
+    def peer_failed(self, index: int, error: Exception) -> None:
+        """Wants could not be sent to a peer (no Bitswap, gone): ask the others instead."""
+        self.dead.add(index)
+        self._poke()  # re-plan at once rather than wait for a block
+        self.received.pop(index, None)
+        for digest, (_, i) in list(self.inflight.items()):
+            if i == index:
+                self.tried.setdefault(digest, set()).add(index)
+                del self.inflight[digest]
+        if len(self.dead) == len(self.peers):
+            peer = self.peers[index]
+            self.fail(FetchError(f"no peer reachable over Bitswap (last, {peer}: {error!r})"))
+
+    def drain(self, out: BinaryIO) -> int:
+        """Write the ready slots at the head; returns bytes written."""
+        written = 0
+        while self.head < len(self.slots) and self.slots[self.head].data is not None:
+            data = self.slots[self.head].data
+            assert data is not None
+            out.write(data)
+            written += len(data)
+            self.slots[self.head] = _Slot(None, b"")
+            self.head += 1
+        if self.head > 4096:
+            del self.slots[: self.head]
+            self.scan = max(0, self.scan - self.head)
+            self.head = 0
+        return written
+
+    @property
+    def done(self) -> bool:
+        return self.head >= len(self.slots)
+
+    def rotate(self) -> dict[int, list[CID]]:
+        """Peers stopped answering: move every outstanding want to the next peer."""
+        stale: dict[int, list[CID]] = {}
+        for digest, (cid, index) in list(self.inflight.items()):
+            stale.setdefault(index, []).append(cid)
+            self.tried.setdefault(digest, set()).add(index)
+            del self.inflight[digest]
+        self.current = (self.current + 1) % len(self.peers)
+        self.rotations += 1
+        return stale
+
+
+async def fetch_file(
+    engine: BitswapEngine,
+    root: CID,
+    out: BinaryIO,
+    peers: list[ID],
+    window: int = DEFAULT_WINDOW,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+) -> int:
+    """Fetch the UnixFS file ``root`` from ``peers`` into ``out``; returns bytes written.
+
+    Runs on the trio thread. Raises :class:`FetchError` when no peer has a block or none
+    answers for ``stall_timeout`` seconds, and ``BlockMismatchError`` on a corrupt block.
+    """
+    if not peers:
+        raise FetchError(f"no peers to fetch {root} from")
+    fetch = FileFetch(root, peers, max(1, window))
+    engine.sinks.add(fetch)
+    written = 0
+    try:
+        while True:
+            written += fetch.drain(out)
+            if fetch.error is not None:
+                raise fetch.error
+            if fetch.done:
+                return written
+            wants, received = fetch.next_wants(), fetch.received
+            fetch.received = {}
+            for index in wants.keys() | received.keys():
+                cancels = received.get(index, [])
+                try:
+                    await engine.send_wants(peers[index], wants.get(index, []), cancels=cancels)
+                except Exception as e:
+                    fetch.peer_failed(index, e)
+            await _wait_progress(engine, fetch, stall_timeout)
+    finally:
+        engine.sinks.discard(fetch)
+        await _cancel_outstanding(engine, fetch)
+
+
+async def _wait_progress(engine: BitswapEngine, fetch: FileFetch, stall_timeout: float) -> None:
+    """Sleep until a block, a DontHave or an error arrives; rotate peers on a stall."""
+    if fetch.progressed or fetch.error is not None:
+        fetch.progressed = False
+        return
+    fetch.wake = trio.Event()
+    with trio.move_on_after(stall_timeout) as scope:
+        await fetch.wake.wait()
+    fetch.progressed = False
+    if not scope.cancelled_caught:
+        return
+    if fetch.rotations >= len(fetch.peers) - 1:
+        raise FetchError(f"no block arrived for {stall_timeout:.0f} s (peers: {fetch.peers})")
+    for index, cids in fetch.rotate().items():
+        engine.forget(c.digest for c in cids)
+        await engine.send_wants(fetch.peers[index], cids, cancel=True)
+
+
+async def _cancel_outstanding(engine: BitswapEngine, fetch: FileFetch) -> None:
+    """Cancel what is still wanted, and what arrived since the last message (see send_wants)."""
+    by_peer: dict[int, list[CID]] = {i: list(c) for i, c in fetch.received.items()}
+    for cid, index in fetch.inflight.values():
+        by_peer.setdefault(index, []).append(cid)
+    engine.forget(fetch.inflight.keys())
+    engine.forget(fetch.seen)
+    with trio.move_on_after(2) as scope:
+        scope.shield = True
+        for index, cids in by_peer.items():
+            try:
+                await engine.send_wants(fetch.peers[index], cids, cancel=True)
+            except Exception as e:
+                log.debug("could not cancel wants at %s: %r", fetch.peers[index], e)

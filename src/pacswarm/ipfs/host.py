@@ -1,0 +1,356 @@
+"""The libp2p side of a pacswarm node: an asyncio-facing host over py-libp2p on a trio thread.
+
+One :class:`P2PHost` owns (or shares) a :class:`~pacswarm.ipfs.bridge.TrioBridge`; every
+py-libp2p object lives and is touched only on that trio thread. The asyncio API is a handful
+of coroutines that hop over the bridge.
+
+Choices, and why:
+
+* Noise + Yamux only: what kubo and Helia speak; no plaintext, no mplex to downgrade to.
+* py-libp2p's AutoConnector is replaced by a quiet one: by default it wants 50-150
+  connections and keeps redialling every peer it ever heard of (field notes). pacswarm dials
+  its bootstrap list, mDNS finds, and whoever it fetches from; nothing else.
+* Kademlia (py-libp2p's KadDHT, server mode, no random walk) for provide/find_providers;
+  peers enter its routing table once identify shows they speak the DHT protocol.
+* Bitswap is our own (:mod:`.bitswap`, :mod:`.bitswap_fetch`): the stock one answers on the
+  wrong stream for kubo/Helia and is slow as a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import multiaddr  # type: ignore[import-untyped]
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.kad_dht import DHTMode, KadDHT
+from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from pacswarm.ipfs.bitswap import BitswapEngine, BlockSource, MemoryBlocks
+from pacswarm.ipfs.bitswap_fetch import (
+    DEFAULT_STALL_TIMEOUT,
+    DEFAULT_WINDOW,
+    FetchError,
+    fetch_file,
+)
+from pacswarm.ipfs.bridge import TrioBridge
+from pacswarm.ipfs.cid import CID
+from pacswarm.ipfs.identity import load_or_create_identity
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = ["/ip4/0.0.0.0/tcp/4001"]
+KAD_PROTOCOL = "/ipfs/kad/1.0.0"
+IDENTIFY_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A peer that announced a CID on the DHT, with the addresses we know for it."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+
+
+class _QuietAutoConnector(AutoConnector):
+    """py-libp2p's AutoConnector with the redial loop switched off (see module docstring)."""
+
+    async def maybe_connect(self) -> None:
+        return None
+
+
+class _ConnectNotifee(INotifee):
+    """Feeds newly connected peers to the DHT routing table once identify has run."""
+
+    def __init__(self, p2p: P2PHost) -> None:
+        self._p2p = p2p
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        nursery = self._p2p._nursery
+        if nursery is not None:
+            nursery.start_soon(self._p2p._add_to_dht, conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        return None
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+def _build_host(key: KeyPair, listen: list[multiaddr.Multiaddr], mdns: bool) -> IHost:
+    noise = NoiseTransport(key, noise_privkey=new_x25519_key_pair().private_key)
+    config = ConnectionConfig(min_connections=0, low_watermark=0)
+    host = new_host(
+        key_pair=key,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        listen_addrs=listen,
+        enable_mDNS=mdns,
+        connection_config=config,
+    )
+    network = host.get_network()
+    if isinstance(network, Swarm):
+        network.auto_connector = _QuietAutoConnector(network, config.auto_connect_interval)
+    return host
+
+
+class P2PHost:
+    """A libp2p host (Noise, Yamux, identify, ping, Kademlia, Bitswap) for asyncio code."""
+
+    def __init__(
+        self,
+        identity_path: Path,
+        listen_addrs: Sequence[str] | None = None,
+        bootstrap: Sequence[str] = (),
+        mdns: bool = True,
+        blocks: BlockSource | None = None,
+        *,
+        window: int = DEFAULT_WINDOW,
+        bridge: TrioBridge | None = None,
+    ) -> None:
+        _quiet_libp2p_logs()
+        self.identity_path = Path(identity_path)
+        self._listen = list(DEFAULT_LISTEN if listen_addrs is None else listen_addrs)
+        self._bootstrap = list(bootstrap)
+        self._mdns = mdns
+        self.blocks: BlockSource = blocks if blocks is not None else MemoryBlocks()
+        self.window = window
+        self._owns_bridge = bridge is None
+        self.bridge = bridge or TrioBridge()
+        self._key = load_or_create_identity(self.identity_path)
+        self.peer_id: str = ID.from_pubkey(self._key.public_key).to_base58()
+        # trio-thread state
+        self.libp2p_host: IHost | None = None
+        self.dht: KadDHT | None = None
+        self.bitswap: BitswapEngine | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop: trio.Event | None = None
+        self._stopped: trio.Event | None = None
+        self._addrs: list[str] = []
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the trio thread (if ours) and the host; listening when this returns."""
+        if self._owns_bridge and not self.bridge.running:
+            self.bridge.start()
+        try:
+            await self.bridge.run(self._start_in_trio)
+        except BaseException:
+            if self._owns_bridge:
+                await self.bridge.aclose()
+            raise
+        for addr in self._bootstrap:
+            try:
+                await self.connect(addr)
+            except Exception as e:
+                log.warning("bootstrap peer %s unreachable: %s", addr, e)
+
+    async def stop(self) -> None:
+        """Close every connection and stream, stop the DHT; end the trio thread if ours."""
+        try:
+            if self.bridge.running and self._stop is not None:
+                await self.bridge.run(self._stop_in_trio)
+        finally:
+            if self._owns_bridge:
+                await self.bridge.aclose()
+
+    async def _start_in_trio(self) -> None:
+        await self.bridge.nursery.start(self._serve)
+
+    async def _stop_in_trio(self) -> None:
+        assert self._stop is not None and self._stopped is not None
+        self._stop.set()
+        with trio.move_on_after(10):
+            await self._stopped.wait()
+
+    async def _serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The host's whole life on the trio thread, from listening to closing."""
+        self._stop, self._stopped = trio.Event(), trio.Event()
+        listen = [multiaddr.Multiaddr(a) for a in self._listen]
+        host = _build_host(self._key, listen, self._mdns)
+        self.libp2p_host = host
+        self.dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
+        self.bitswap = BitswapEngine(host, self.blocks)
+        try:
+            async with (
+                host.run(listen),
+                background_trio_service(self.dht),
+                trio.open_nursery() as nursery,
+            ):
+                self._nursery = nursery
+                self.bitswap.start(nursery)
+                host.get_network().register_notifee(_ConnectNotifee(self))
+                self._watch_mdns(True)
+                self._addrs = [str(a) for a in host.get_addrs()]
+                task_status.started()
+                await self._stop.wait()
+                self._watch_mdns(False)
+                await self.bitswap.stop()
+                nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("libp2p host failed")
+            raise
+        finally:
+            self._nursery = None
+            self._stopped.set()
+
+    def _watch_mdns(self, on: bool) -> None:
+        if not self._mdns:
+            return
+        if on:
+            peerDiscovery.register_peer_discovered_handler(self._on_mdns_peer)
+        else:
+            peerDiscovery.unregister_peer_discovered_handler(self._on_mdns_peer)
+
+    def _on_mdns_peer(self, info: PeerInfo) -> None:
+        """Called on zeroconf's thread: hop onto the trio thread to dial the peer."""
+        if info.peer_id == ID.from_base58(self.peer_id):
+            return
+        if self._nursery is not None:
+            self.bridge.start_soon(self._dial_quietly, info)
+
+    async def _dial_quietly(self, info: PeerInfo) -> None:
+        assert self.libp2p_host is not None
+        try:
+            with trio.fail_after(10):
+                await self.libp2p_host.connect(info)
+        except Exception as e:
+            log.debug("mDNS peer %s: dial failed: %r", info.peer_id, e)
+
+    async def _add_to_dht(self, peer: ID) -> None:
+        """Wait for identify, then let the peer into the routing table if it is a DHT server."""
+        host, dht = self.libp2p_host, self.dht
+        if host is None or dht is None:
+            return
+        with trio.move_on_after(IDENTIFY_WAIT):
+            while not _protocols(host, peer):
+                await trio.sleep(0.05)
+        if KAD_PROTOCOL in _protocols(host, peer):
+            try:
+                await dht.add_peer(peer)
+            except Exception as e:
+                log.debug("DHT add_peer %s failed: %r", peer, e)
+
+    # asyncio API ----------------------------------------------------------------------------
+
+    def listen_addrs(self) -> list[str]:
+        """Full multiaddrs (``.../tcp/PORT/p2p/PEERID``) the host listens on."""
+        suffix = f"/p2p/{self.peer_id}"
+        return [a if a.endswith(suffix) else a + suffix for a in self._addrs]
+
+    async def connect(self, addr: str) -> str:
+        """Dial a ``/.../p2p/PEERID`` multiaddr; returns the peer ID."""
+        return await self.bridge.run(self._connect_in_trio, addr)
+
+    async def _connect_in_trio(self, addr: str) -> str:
+        assert self.libp2p_host is not None
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        with trio.fail_after(15):
+            await self.libp2p_host.connect(info)
+        return info.peer_id.to_base58()
+
+    def connected_peers(self) -> list[str]:
+        host = self.libp2p_host
+        return [p.to_base58() for p in host.get_connected_peers()] if host else []
+
+    async def provide(self, cid: CID) -> bool:
+        """Announce on the DHT that this node has ``cid``."""
+        return await self.bridge.run(self._provide_in_trio, cid)
+
+    async def _provide_in_trio(self, cid: CID) -> bool:
+        assert self.dht is not None
+        return bool(await self.dht.provide(str(cid)))
+
+    async def find_providers(self, cid: CID, limit: int = 20) -> list[Provider]:
+        """Peers the DHT knows to have ``cid`` (ourselves included if we provide it)."""
+        return await self.bridge.run(self._find_providers_in_trio, cid, limit)
+
+    async def _find_providers_in_trio(self, cid: CID, limit: int) -> list[Provider]:
+        assert self.dht is not None
+        infos = await self.dht.find_providers(str(cid), limit)
+        return [Provider(i.peer_id.to_base58(), tuple(str(a) for a in i.addrs)) for i in infos]
+
+    async def fetch_file(
+        self,
+        root: CID,
+        out: BinaryIO,
+        peers: list[str] | None = None,
+        window: int | None = None,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    ) -> int:
+        """Fetch the UnixFS file ``root`` over Bitswap into ``out``; returns bytes written.
+
+        ``peers``: multiaddrs to fetch from (dialled first); default: the connected peers,
+        else DHT providers. ``out`` is written on the trio thread: leave it alone until this
+        returns. Every block is checked against its CID (``BlockMismatchError``).
+        ``stall_timeout``: seconds without any block before the next peer is tried (or
+        :class:`FetchError`); the proxy, bound by pacman's 10 s rule, may want it short.
+        """
+        args = (root, out, peers, window or self.window, stall_timeout)
+        return await self.bridge.run(self._fetch_in_trio, *args)
+
+    async def _fetch_in_trio(
+        self,
+        root: CID,
+        out: BinaryIO,
+        peers: list[str] | None,
+        window: int,
+        stall_timeout: float,
+    ) -> int:
+        assert self.libp2p_host is not None and self.bitswap is not None
+        ids = [ID.from_base58(await self._connect_in_trio(a)) for a in peers or []]
+        if peers is None:
+            ids = list(self.libp2p_host.get_connected_peers())
+        if not ids:
+            for provider in await self._find_providers_in_trio(root, 5):
+                if provider.peer_id != self.peer_id and provider.addrs:
+                    addr = f"{provider.addrs[0]}/p2p/{provider.peer_id}"
+                    try:
+                        ids.append(ID.from_base58(await self._connect_in_trio(addr)))
+                    except Exception as e:
+                        log.debug("provider %s unreachable: %r", provider.peer_id, e)
+        if not ids:
+            raise FetchError(f"no peer to fetch {root} from")
+        return await fetch_file(self.bitswap, root, out, ids, window, stall_timeout)
+
+
+def _quiet_libp2p_logs() -> None:
+    """KadDHT warns on every peer that simply closes its query stream: keep that out of logs."""
+    dht_log = logging.getLogger("libp2p.kad_dht.kad_dht")
+    if dht_log.level == logging.NOTSET:
+        dht_log.setLevel(logging.ERROR)
+
+
+def _protocols(host: IHost, peer: ID) -> list[str]:
+    try:
+        return [str(p) for p in host.get_peerstore().get_protocols(peer) or []]
+    except Exception:
+        return []
