@@ -87,10 +87,18 @@ class Node:
         self.dbs = RepoDbs(self.store, self.upstream, config)
         self.downloader = Downloader(self.store, self.upstream, config)
         self.proxy = Proxy(self.store, self.dbs, self.downloader, self.upstream)
-        self.ipfs = IpfsService(config, self.store.cache_path, self.store.remove_package)
+        self.ipfs = IpfsService(config, self.store.cache_path, self.evict)
         self.downloader.on_committed.append(self.ipfs.publish)
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def evict(self, rp: RequestPath) -> None:
+        """Drop a package from the cache and its blocks from IPFS: never one without the other.
+
+        Used for bit rot found by the blockstore; eviction by size will use it too.
+        """
+        self.store.remove_package(rp)
+        self.ipfs.forget(rp)
 
     def app(self) -> web.Application:
         # Requests larger than this are not pacman's; aiohttp answers 400/431 for them.

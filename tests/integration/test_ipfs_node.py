@@ -104,3 +104,35 @@ def test_bit_rot_in_the_cache_is_detected_and_the_package_dropped(
     status, _, body = node.get(f"/core/os/x86_64/{bigpkg.filename}")
     assert status == 200 and body == bigpkg.path.read_bytes()
     assert _wait_for_root(node, bigpkg) == root
+
+
+def test_evicting_a_package_removes_its_blocks(
+    test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory
+) -> None:
+    """Eviction goes through the running node; here driven in-process on its real parts."""
+    from pacswarm.config import load_config
+    from pacswarm.node import Node
+    from pacswarm.requestpath import FileKind, RequestPath
+
+    node = make_node([mirror.url_template])
+    hello = test_repo.packages["hello"]
+    assert node.get("/core/os/x86_64/core.db")[0] == 200
+    assert node.get(f"/core/os/x86_64/{hello.filename}")[0] == 200
+    root = _wait_for_root(node, hello)
+    node.stop()
+
+    async def evict() -> bool:
+        config = load_config(node.config, {"data_dir": node.data_dir, "gpgdir": node.gpgdir})
+        local = Node(config, [mirror.url_template])
+        local.store.open()
+        await local.ipfs.start()
+        try:
+            rp = RequestPath("core", "x86_64", hello.filename, FileKind.PACKAGE)
+            assert local.ipfs.blocks is not None and local.ipfs.blocks.has(root)
+            local.evict(rp)
+            return local.ipfs.blocks.has(root) or local.store.cache_path(rp).exists()
+        finally:
+            await local.ipfs.stop()
+            local.store.close()
+
+    assert asyncio.run(evict()) is False

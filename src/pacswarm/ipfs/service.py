@@ -178,6 +178,11 @@ class IpfsService:
             if package_key(rp) not in known:
                 await self._publish(rp, self._cache_path(rp))
 
+    def forget(self, rp: RequestPath) -> None:
+        """The package left the cache: its blocks go too (shared chunks stay if still used)."""
+        if self.blocks is not None:
+            self.blocks.remove_package(package_key(rp))
+
     def root_of(self, rp: RequestPath) -> CID | None:
         return self.blocks.root_of(package_key(rp)) if self.blocks is not None else None
 
