@@ -20,10 +20,9 @@ DEFAULT_MIRRORLIST = Path("/etc/pacman.d/mirrorlist")
 DEFAULT_GPGDIR = Path("/etc/pacman.d/gnupg")
 #: Used when there is no mirrorlist to import: Arch's own geo-balanced mirror.
 DEFAULT_MIRROR = "https://geo.mirror.pkgbuild.com/$repo/os/$arch"
-#: kubo's one bootstrap peer with a literal address (the others are /dnsaddr names).
-DEFAULT_BOOTSTRAP = (
-    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
-)
+#: No bootstrap peer by default: a node finds pacswarm peers on its LAN (mDNS) and dials
+#: nothing on the internet until the user lists peers (README: "Joining the public DHT").
+DEFAULT_BOOTSTRAP: tuple[str, ...] = ()
 
 
 def default_data_dir() -> Path:
