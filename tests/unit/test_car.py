@@ -140,3 +140,28 @@ def test_unsupported_hash_in_header_is_refused() -> None:
     body += b"\x67version\x01"
     with pytest.raises(CarError):
         CarReader().feed(encode_varint(len(body)) + body)
+
+
+def test_any_chunking_of_a_car_gives_the_same_verified_blocks() -> None:
+    """Frames inside a chunk are views, straddling frames are assembled: same result."""
+    import random
+
+    from pacswarm.ipfs.car import encode_frame
+    from pacswarm.ipfs.unixfs import import_bytes
+
+    data = random.Random(7).randbytes(3 * 262144 + 999)
+    result = import_bytes(data)
+    blocks = [(i.cid, i.block) for i in result.inner] + [
+        (leaf.cid, data[leaf.offset : leaf.offset + leaf.length]) for leaf in result.leaves
+    ]
+    car = encode_header(result.root) + b"".join(encode_frame(c, b) for c, b in blocks)
+    rng = random.Random(11)
+    for _ in range(30):
+        reader, got, pos = CarReader(), [], 0
+        while pos < len(car):
+            step = rng.choice([1, 2, 7, 100, 4096, 262144, 300000, len(car)])
+            got += [(cid, bytes(block)) for cid, block in reader.feed(car[pos : pos + step])]
+            pos += step
+        reader.finish()
+        assert reader.roots == (result.root,)
+        assert got == blocks

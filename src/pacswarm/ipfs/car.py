@@ -7,8 +7,6 @@ dag-cbor requires) rather than pull in a CBOR library for one fixed shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pacswarm.ipfs.cid import CID, CIDError, decode_varint, encode_varint
 
 #: A frame larger than this is not a block any IPFS implementation would send (2 MiB is the
@@ -45,46 +43,67 @@ def encode_header(root: CID) -> bytes:
 
 
 def encode_frame(cid: CID, block: bytes | memoryview) -> bytes:
+    return frame_head(cid, len(block)) + bytes(block)
+
+
+def frame_head(cid: CID, block_size: int) -> bytes:
+    """A frame without its block: send the block after it as is (no copy of 256 KiB)."""
     cid_bytes = cid.to_bytes()
-    return encode_varint(len(cid_bytes) + len(block)) + cid_bytes + bytes(block)
+    return encode_varint(len(cid_bytes) + block_size) + cid_bytes
 
 
-@dataclass
 class CarReader:
     """Incremental parser: feed bytes as they arrive, take verified blocks out.
 
     Every block is checked against its CID before it is returned: a peer cannot slip in a
     block that was not asked for without the mismatch being noticed.
+
+    Frames that lie inside one fed chunk are returned as views of it, without a copy; only a
+    frame that straddles two chunks is assembled (copied) in a small buffer. On 2 cores, each
+    avoided copy of every 256 KiB block is worth ~10% of a transfer.
     """
 
-    _buf: bytearray
-    _header_seen: bool = False
-    roots: tuple[CID, ...] = ()
-
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # the start of a frame that the next chunk completes
         self._header_seen = False
-        self.roots = ()
+        self.roots: tuple[CID, ...] = ()
 
-    def feed(self, data: bytes) -> list[tuple[CID, bytes]]:
-        self._buf += data
-        blocks: list[tuple[CID, bytes]] = []
-        while True:
-            frame = self._next_frame()
-            if frame is None:
-                return blocks
-            if not self._header_seen:
-                self.roots = _parse_header(frame)
-                self._header_seen = True
-                continue
-            try:
-                cid, used = CID.from_bytes(frame)
-            except CIDError as e:
-                raise CarError(f"bad CID in CAR frame: {e}") from None
-            block = frame[used:]
-            if not cid.verify(block):
-                raise CarError(f"block does not match its CID {cid}")
-            blocks.append((cid, block))
+    def feed(self, data: bytes) -> list[tuple[CID, memoryview]]:
+        """Blocks completed by ``data``, each verified. Raises :class:`CarError`."""
+        blocks: list[tuple[CID, memoryview]] = []
+        view = memoryview(data)
+        pos = 0
+        while self._buf and pos < len(view):
+            total = _frame_total(self._buf)
+            take = 1 if total is None else min(total - len(self._buf), len(view) - pos)
+            self._buf += view[pos : pos + take]
+            pos += take
+            if total is not None and len(self._buf) == total:
+                frame = memoryview(bytes(self._buf))
+                self._buf = bytearray()
+                self._take(frame[total - _frame_length(frame) :], blocks)
+        while pos < len(view):
+            total = _frame_total(view[pos : pos + 10])
+            if total is None or pos + total > len(view):
+                self._buf += view[pos:]
+                break
+            self._take(view[pos + total - _frame_length(view[pos:]) : pos + total], blocks)
+            pos += total
+        return blocks
+
+    def _take(self, frame: memoryview, blocks: list[tuple[CID, memoryview]]) -> None:
+        if not self._header_seen:
+            self.roots = _parse_header(bytes(frame))
+            self._header_seen = True
+            return
+        try:
+            cid, used = CID.from_bytes(frame)
+        except CIDError as e:
+            raise CarError(f"bad CID in CAR frame: {e}") from None
+        block = frame[used:]
+        if not cid.verify(block):
+            raise CarError(f"block does not match its CID {cid}")
+        blocks.append((cid, block))
 
     def finish(self) -> None:
         if self._buf:
@@ -92,22 +111,23 @@ class CarReader:
         if not self._header_seen:
             raise CarError("empty CAR stream (no header)")
 
-    def _next_frame(self) -> bytes | None:
-        if not self._buf:
-            return None
-        try:
-            length, pos = decode_varint(self._buf, 0)
-        except CIDError:
-            if len(self._buf) >= 9:
-                raise CarError("bad CAR frame length") from None
-            return None
-        if length > MAX_FRAME or length == 0:
-            raise CarError(f"CAR frame of {length} bytes refused")
-        if len(self._buf) < pos + length:
-            return None
-        frame = bytes(self._buf[pos : pos + length])
-        del self._buf[: pos + length]
-        return frame
+
+def _frame_length(data: bytes | bytearray | memoryview) -> int:
+    """The length prefix of the frame starting ``data`` (its varint must be complete)."""
+    return decode_varint(data, 0)[0]
+
+
+def _frame_total(data: bytes | bytearray | memoryview) -> int | None:
+    """Bytes of the whole frame (prefix included) starting ``data``; None if unknown yet."""
+    try:
+        length, used = decode_varint(data, 0)
+    except CIDError:
+        if len(data) >= 9:
+            raise CarError("bad CAR frame length") from None
+        return None
+    if length > MAX_FRAME or length == 0:
+        raise CarError(f"CAR frame of {length} bytes refused")
+    return used + length
 
 
 def _parse_header(frame: bytes) -> tuple[CID, ...]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from pacswarm.ipfs.blockstore import BlockstoreError, PackageBlockstore
-from pacswarm.ipfs.car import encode_frame, encode_header
+from pacswarm.ipfs.car import encode_header, frame_head
 from pacswarm.ipfs.cid import CID, CIDError, encode_varint
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,8 @@ async def _car(
     await resp.write(encode_header(cid))
     batch = first
     while batch:
-        await resp.write(b"".join(batch))
+        for piece in batch:  # frame heads and blocks as they are: no joining copies
+            await resp.write(piece)
         try:
             batch = await asyncio.to_thread(_batch, walk)
         except Exception as e:  # whatever it is, the CAR must not look complete
@@ -281,7 +282,8 @@ def _frames(walk: Iterator[tuple[CID, bytes]], dups: bool) -> Iterator[bytes]:
             if name in seen:
                 continue
             seen.add(name)
-        yield encode_frame(cid, block)
+        yield frame_head(cid, len(block))
+        yield block
 
 
 def _batch(frames: Iterator[bytes]) -> list[bytes]:

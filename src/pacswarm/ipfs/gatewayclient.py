@@ -67,7 +67,7 @@ async def fetch_car(
             walker = _DagWalker(root, out, max_size, dups)
             reader = CarReader()
             received = 0
-            async for chunk in resp.content.iter_chunked(_READ_SIZE):
+            async for chunk in resp.content.iter_any():  # as received: no re-chunking copy
                 received += len(chunk)
                 if budget is not None and received > budget:
                     raise _Refused(f"CAR larger than {budget} bytes for max_size={max_size}")
