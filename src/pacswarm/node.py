@@ -22,6 +22,7 @@ from pacswarm.errors import ConfigError, MirrorlistError
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipfs.service import IpfsService
 from pacswarm.mirrorlist import parse_mirrorlist, read_mirrorlist, usable_mirrors
+from pacswarm.peersource import PeerSource
 from pacswarm.proxy import Proxy
 from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.store import Store
@@ -89,6 +90,7 @@ class Node:
         self.proxy = Proxy(self.store, self.dbs, self.downloader, self.upstream)
         self.ipfs = IpfsService(config, self.store.cache_path, self.evict)
         self.downloader.on_committed.append(self.ipfs.publish)
+        self.peers = PeerSource(self.store, self.upstream, config, self.downloader.on_committed)
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
