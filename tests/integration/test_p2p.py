@@ -463,3 +463,44 @@ def test_mdns_discovers_and_connects_in_private_netns(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "connected" in proc.stdout.splitlines(), proc.stdout + proc.stderr[-2000:]
     assert "threads 1" in proc.stdout  # zeroconf's threads and the trio threads all ended
+
+
+class _SilentBlocks(MemoryBlocks):
+    """Says it has every block, then never sends one (until released): a stalled peer."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    def has(self, cid: CID) -> bool:
+        return True
+
+    def get(self, cid: CID) -> bytes | None:
+        self.release.wait(60)
+        return None
+
+
+def test_fetch_moves_on_from_a_peer_that_stalls(tmp_path: Path) -> None:
+    data = os.urandom(1024 * 1024)
+    result = import_bytes(data)
+    release = threading.Event()
+
+    async def main() -> tuple[bytes, float]:
+        silent_blocks = _SilentBlocks(release)
+        try:
+            async with hosts(tmp_path, silent_blocks, blocks_of(result, data), None) as trio_hosts:
+                silent, seeder, leecher = trio_hosts
+                out = io.BytesIO()
+                peers = [silent.listen_addrs()[0], seeder.listen_addrs()[0]]
+                started = time.monotonic()
+                await leecher.fetch_file(result.root, out, peers, stall_timeout=2.0)
+                elapsed = time.monotonic() - started
+                release.set()  # let the silent host's thread go, so it can stop
+                return out.getvalue(), elapsed
+        finally:
+            release.set()
+
+    got, elapsed = run(main())
+    assert got == data
+    # It waited out the stall timeout on the silent peer, then got everything elsewhere.
+    assert 2.0 <= elapsed < 30
