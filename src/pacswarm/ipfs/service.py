@@ -43,6 +43,29 @@ def key_to_path(key: str) -> RequestPath:
     return RequestPath(repo, arch, filename, FileKind.PACKAGE)
 
 
+def _interface_ips() -> list[str]:
+    """IPv4 addresses of this machine's interfaces (what 0.0.0.0 really listens on)."""
+    import ifaddr  # zeroconf's dependency, already installed with py-libp2p's mDNS
+
+    return [
+        ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips if isinstance(ip.ip, str)
+    ]
+
+
+def expand_unspecified(addrs: list[str], ips: list[str]) -> list[str]:
+    """``/ip4/0.0.0.0/...`` -> one multiaddr per interface address, as kubo reports them.
+
+    Peers cannot dial 0.0.0.0; ``pacswarm id`` and config.json should say what they can.
+    """
+    out: list[str] = []
+    for addr in addrs:
+        if addr.startswith("/ip4/0.0.0.0/") and ips:
+            out += [addr.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/", 1) for ip in ips]
+        else:
+            out.append(addr)
+    return out
+
+
 class _ServedBlocks:
     """The blockstore as Bitswap sees it: a corrupt or unreadable block is simply absent.
 
@@ -121,7 +144,7 @@ class IpfsService:
                 f"cannot start libp2p on p2p_listen = {list(self.config.p2p_listen)}: {e}; "
                 "choose others with --p2p-listen MULTIADDR"
             ) from None
-        addrs = self.host.listen_addrs()
+        addrs = expand_unspecified(self.host.listen_addrs(), _interface_ips())
         log.info("libp2p peer %s listening on %s", self.host.peer_id, ", ".join(addrs))
         self.write_info({"peer_id": self.host.peer_id, "addrs": addrs})
 
