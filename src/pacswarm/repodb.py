@@ -15,7 +15,7 @@ import io
 import lzma
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import zstandard
@@ -144,10 +144,3 @@ def parse_repo_db(data: bytes) -> RepoDb:
         # An empty repo is a valid tar of zero members; anything else without desc is junk.
         raise RepoDbError("repo db holds no package entries (not a pacman repo db?)")
     return RepoDb(records=records, newest_mtime=newest)
-
-
-def merge_indexes(dbs: Iterable[RepoDb]) -> dict[str, PackageRecord]:
-    merged: dict[str, PackageRecord] = {}
-    for db in dbs:
-        merged.update(db.records)
-    return merged

@@ -34,6 +34,13 @@ def _wait_for_root(node: PacswarmNode, pkg: Package, timeout: float = 20) -> CID
             time.sleep(0.1)
 
 
+def _cache(node: PacswarmNode, pkg: Package) -> CID:
+    """Have the node download, verify and cache ``pkg`` (as pacman would), then its root CID."""
+    assert node.get("/core/os/x86_64/core.db")[0] == 200
+    assert node.get(f"/core/os/x86_64/{pkg.filename}")[0] == 200
+    return _wait_for_root(node, pkg)
+
+
 def _fetch_car(node: PacswarmNode, root: CID) -> bytes:
     async def run() -> bytes:
         out = io.BytesIO()
@@ -49,9 +56,7 @@ def test_cached_package_is_served_by_cid_over_the_gateway(
 ) -> None:
     node = make_node([mirror.url_template])
     bigpkg = test_repo.packages["bigpkg"]
-    assert node.get("/core/os/x86_64/core.db")[0] == 200
-    assert node.get(f"/core/os/x86_64/{bigpkg.filename}")[0] == 200
-    root = _wait_for_root(node, bigpkg)
+    root = _cache(node, bigpkg)
     assert root.codec == 0x70 and str(root).startswith("bafybei")  # a multi-chunk dag-pb root
     assert _fetch_car(node, root) == bigpkg.path.read_bytes()
     # The blockstore holds no second copy: only the cache file and a small index.
@@ -64,9 +69,7 @@ def test_packages_cached_before_a_restart_are_imported(
 ) -> None:
     node = make_node([mirror.url_template])
     hello = test_repo.packages["hello"]
-    assert node.get("/core/os/x86_64/core.db")[0] == 200
-    assert node.get(f"/core/os/x86_64/{hello.filename}")[0] == 200
-    _wait_for_root(node, hello)
+    _cache(node, hello)
     node.stop()
     (node.data_dir / "ipfs" / "blocks.sqlite").unlink()  # as if IPFS were new
     for extra in ("blocks.sqlite-wal", "blocks.sqlite-shm"):
@@ -80,9 +83,7 @@ def test_bit_rot_in_the_cache_is_detected_and_the_package_dropped(
 ) -> None:
     node = make_node([mirror.url_template])
     bigpkg = test_repo.packages["bigpkg"]
-    assert node.get("/core/os/x86_64/core.db")[0] == 200
-    assert node.get(f"/core/os/x86_64/{bigpkg.filename}")[0] == 200
-    root = _wait_for_root(node, bigpkg)
+    root = _cache(node, bigpkg)
     cached = node.data_dir / "cache/core/x86_64" / bigpkg.filename
     with open(cached, "r+b") as f:  # flip one byte in the first chunk
         f.seek(1000)
@@ -116,9 +117,7 @@ def test_evicting_a_package_removes_its_blocks(
 
     node = make_node([mirror.url_template])
     hello = test_repo.packages["hello"]
-    assert node.get("/core/os/x86_64/core.db")[0] == 200
-    assert node.get(f"/core/os/x86_64/{hello.filename}")[0] == 200
-    root = _wait_for_root(node, hello)
+    root = _cache(node, hello)
     node.stop()
 
     async def evict() -> bool:

@@ -8,7 +8,7 @@ import pytest
 
 from pacswarm.ipfs.unixfs import import_bytes
 from tests.integration.conftest import NodeFactory
-from tests.integration.test_ipfs_node import _wait_for_root
+from tests.integration.test_ipfs_node import _cache
 from tests.support.helia import HeliaPeer, helia_available, unavailable_reason
 from tests.support.mirror import MirrorServer
 from tests.support.testrepo import TestRepo
@@ -24,9 +24,7 @@ def test_helia_fetches_a_package_from_the_pacswarm_gateway(
 ) -> None:
     node = make_node([mirror.url_template])
     bigpkg = test_repo.packages["bigpkg"]
-    assert node.get("/core/os/x86_64/core.db")[0] == 200
-    assert node.get(f"/core/os/x86_64/{bigpkg.filename}")[0] == 200
-    root = _wait_for_root(node, bigpkg)
+    root = _cache(node, bigpkg)
     out = tmp_path / "from-helia"
     with HeliaPeer(log_path=tmp_path / "helia.log") as helia:
         size = helia.cat_gateway(str(root), node.gateway_url, out, timeout=60)

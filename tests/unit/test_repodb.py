@@ -17,7 +17,7 @@ import zstandard
 
 from pacswarm import repodb
 from pacswarm.errors import RepoDbError
-from pacswarm.repodb import merge_indexes, parse_desc, parse_repo_db
+from pacswarm.repodb import parse_desc, parse_repo_db
 
 SIG = b"\x88\x75\x04\x00\x16\x08\x00\x1d\x16\x21\x04fake-signature-bytes"
 
@@ -250,9 +250,3 @@ def test_parse_desc_reads_multi_line_fields() -> None:
     assert fields["NAME"] == ["zstd"]
     assert fields["DEPENDS"] == ["glibc", "zlib", "xz"]
     assert fields["EMPTY"] == []
-
-
-def test_merge_indexes_later_dbs_win() -> None:
-    old = parse_repo_db(make_tar([("a-1-1", desc("a", "1-1", csize=1))]))
-    new = parse_repo_db(make_tar([("a-1-1", desc("a", "1-1", csize=2))]))
-    assert merge_indexes([old, new])["a-1-1-x86_64.pkg.tar.zst"].csize == 2

@@ -206,9 +206,6 @@ class IpfsService:
         if self.blocks is not None:
             self.blocks.remove_package(package_key(rp))
 
-    def root_of(self, rp: RequestPath) -> CID | None:
-        return self.blocks.root_of(package_key(rp)) if self.blocks is not None else None
-
     def _on_corrupt(self, key: str) -> None:
         """Called from any thread when a cached file no longer matches its CIDs."""
         log.error("cached %s is corrupt on disk (bit rot?): removing it from the cache", key)

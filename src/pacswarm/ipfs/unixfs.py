@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from pacswarm.ipfs.cid import CID, DAG_PB, RAW, encode_varint
-from pacswarm.ipfs.dagpb import PBLink, PBNode, decode_node, encode_node
+from pacswarm.ipfs.dagpb import PBLink, PBNode, encode_node
 
 CHUNK_SIZE = 256 * 1024
 MAX_LINKS = 174
@@ -108,8 +108,3 @@ def import_stream(stream: BinaryIO) -> ImportResult:
 
 def import_bytes(data: bytes) -> ImportResult:
     return import_stream(io.BytesIO(data))
-
-
-def file_links(block: bytes) -> list[CID]:
-    """The children of a UnixFS file node, in file order."""
-    return [link.cid for link in decode_node(block).links]
