@@ -121,6 +121,9 @@ class Node:
             access_log=access,
             access_log_format='%a "%r" %s %b %Tfs',
             handle_signals=False,
+            # On stop, give in-flight responses a moment, not aiohttp's default minute: the
+            # downloads they follow are already cancelled, and pacman resumes elsewhere.
+            shutdown_timeout=5.0,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
@@ -151,10 +154,11 @@ class Node:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.ipfs.stop()
+        # Downloads first (nothing new gets committed and published), then the listeners.
         await self.downloader.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.ipfs.stop()
         await self.upstream.close()
         self.store.close()
 

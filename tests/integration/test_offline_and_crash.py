@@ -87,3 +87,21 @@ def test_kill_9_after_caching_keeps_a_complete_verified_file(
 def test_sigterm_stops_the_node_cleanly(mirror: MirrorServer, make_node: NodeFactory) -> None:
     node: PacswarmNode = make_node([mirror.url_template])
     assert node.stop(signal.SIGTERM) == 0
+
+
+def test_sigterm_during_a_download_stops_promptly(
+    test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory
+) -> None:
+    bigpkg = test_repo.packages["bigpkg"]
+    mirror.set_fault("slow", bigpkg.filename, after_bytes=1 << 20)
+    node = make_node([mirror.url_template])
+    assert node.get("/core/os/x86_64/core.db")[0] == 200
+    client = urllib.request.urlopen(f"{node.base_url}/core/os/x86_64/{bigpkg.filename}", timeout=30)
+    client.read(64 * 1024)
+    started = time.monotonic()
+    assert node.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    client.close()
+    node.start()
+    assert not list((node.data_dir / "tmp").iterdir())
+    assert not node.cached_files()
