@@ -37,9 +37,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from benchprocs import Registry
+from benchprocs import OutOfTime, Registry, install_stop_signals
 from ipfsrun import (
     Clients,
     NginxStatic,
@@ -82,10 +81,6 @@ TARGETS: dict[str, tuple[str, str, float]] = {
 }
 # "no slower than they fetch from each other", read the other way too: also shown in the note
 ALSO: dict[str, str] = {H_PS: H_K, K_PS: K_H}
-
-
-class OutOfTime(Exception):
-    """The run's time budget is spent: stop measuring and report what we have."""
 
 
 @dataclass
@@ -557,19 +552,9 @@ def report(bench: Bench | None, stopped: str) -> None:
 # -- main --------------------------------------------------------------------------------------
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise OutOfTime("hard time limit reached (a step hung)")
-
-
 def main(argv: list[str] | None = None) -> int:
     s = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGALRM, _on_alarm)
+    install_stop_signals()
     signal.alarm(int(s.time_limit) + 180)
     tmp = Path(tempfile.mkdtemp(prefix="pacswarm-bench-ipfs-", dir=s.tmpdir))
     reg = Registry()

@@ -24,10 +24,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Protocol
 
-from benchprocs import Registry
+from benchprocs import OutOfTime, Registry, install_stop_signals
 from benchrepo import (
     Package,
     check_trust,
@@ -51,10 +50,6 @@ from httpclient import get_once, run_clients
 
 MiB = 1 << 20
 REQUEST_TIMEOUT = 60.0
-
-
-class OutOfTime(Exception):
-    """The run's time budget is spent: stop measuring and report what we have."""
 
 
 class Server(Protocol):
@@ -357,19 +352,9 @@ def report(bench: Bench | None, stopped: str) -> None:
         print(f"\nstopped early: {stopped}")
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise OutOfTime("hard time limit reached (a step hung)")
-
-
 def main(argv: list[str] | None = None) -> int:
     s = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGALRM, _on_alarm)
+    install_stop_signals()
     signal.alarm(int(s.time_limit) + 120)
     tmp = Path(tempfile.mkdtemp(prefix="pacswarm-bench-", dir=s.tmpdir))
     reg, homes, box = Registry(), list[Path](), list[Bench]()

@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from httpclient import HttpError, get_once
 
@@ -132,3 +133,22 @@ def wait_ready(proc: Proc, port: int, probe: str | None, timeout: float = 20.0) 
     raise RuntimeError(
         f"{proc.name} not ready after {timeout:.0f} s ({last}); log:\n{proc.log_tail()}"
     )
+
+
+class OutOfTime(Exception):
+    """The run's time budget is spent: stop measuring and report what we have."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise OutOfTime("hard time limit reached (a step hung)")
+
+
+def install_stop_signals() -> None:
+    """Ctrl-C, SIGTERM and the SIGALRM hard limit all unwind to the caller's finally."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGALRM, _on_alarm)
