@@ -23,6 +23,8 @@ DEFAULT_MIRROR = "https://geo.mirror.pkgbuild.com/$repo/os/$arch"
 #: No bootstrap peer by default: a node finds pacswarm peers on its LAN (mDNS) and dials
 #: nothing on the internet until the user lists peers (README: "Joining the public DHT").
 DEFAULT_BOOTSTRAP: tuple[str, ...] = ()
+#: pacman aborts a transfer below 1 byte/s for 10 s; the window must end well before that.
+MAX_VERIFY_WINDOW = 8.0
 
 
 def default_data_dir() -> Path:
@@ -58,6 +60,12 @@ class Config:
     min_speed: int = 4096
     #: Seconds a failing mirror is skipped before it is tried again.
     mirror_penalty: float = 120.0
+    #: Seconds after pacman's request during which it receives no unverified byte: a source
+    #: that fails verification inside it is replaced without pacman noticing. 0 turns it off
+    #: (stream at once, with the hold-back). Measured (bench/bench_proxy.py): misses of up
+    #: to ~20 MiB complete inside 5 s on any link above 4 MB/s, and 5 s leaves 5 s of
+    #: pacman's 10 s low-speed limit for the first bytes after the window.
+    verify_window: float = 5.0
     #: A repo db whose contents are older than this many seconds is reported as possibly
     #: frozen (a mirror replaying an old but valid state). Arch updates core daily.
     db_freeze_after: float = 7 * 24 * 3600.0
@@ -91,6 +99,7 @@ _TOML_KEYS = {
     "stall_timeout",
     "min_speed",
     "mirror_penalty",
+    "verify_window",
     "db_freeze_after",
     "log_level",
     "p2p_listen",
@@ -157,6 +166,19 @@ def _apply(config: Config, values: dict[str, Any], source: str) -> Config:
     for key in ("connect_timeout", "stall_timeout", "mirror_penalty", "db_freeze_after"):
         if key in values:
             changes[key] = _positive(values, key)
+    if "verify_window" in values:
+        window = values["verify_window"]
+        if (
+            isinstance(window, bool)
+            or not isinstance(window, int | float)
+            or not 0 <= window < MAX_VERIFY_WINDOW
+        ):
+            raise ConfigError(
+                f"{source}: verify_window = {window!r}: expected seconds from 0 (off) to "
+                f"below {MAX_VERIFY_WINDOW:g}; pacman gives up on a transfer that sends "
+                "nothing for 10 s"
+            )
+        changes["verify_window"] = float(window)
     if "min_speed" in values:
         if not isinstance(values["min_speed"], int) or values["min_speed"] < 0:
             raise ConfigError(f"{source}: min_speed must be a whole number of bytes per second")

@@ -5,9 +5,12 @@
     ├── MirrorlistError      a mirrorlist line cannot be used; the message names file and line
     ├── RepoDbError          a repo database could not be parsed (corrupt or not a db)
     ├── UpstreamError        no mirror could deliver a file (every mirror tried is listed)
-    └── VerificationError    a package failed sha256 or signature checks (never cached)
-        ├── IntegrityError   the bytes are wrong: size or sha256 differ from the db
-        └── SignatureUncheckable  gpg could not run here; the sender is not blamed
+    ├── VerificationError    a package failed sha256 or signature checks (never cached)
+    │   ├── IntegrityError   the bytes are wrong: size or sha256 differ from the db
+    │   │   └── BadBytes     (fetch.admit) another source may have the right bytes
+    │   ├── BadSignature     (fetch.admit) the db's bytes, but no trusted signature: final
+    │   └── SignatureUncheckable  gpg could not run here; the sender is not blamed
+    └── NoSpaceError         a package would not fit on the cache filesystem
 
 Errors carry the context (path, mirror, key) so a log line alone tells what went wrong.
 """
@@ -61,4 +64,11 @@ class SignatureUncheckable(VerificationError):
 
     The package is still refused (never served unverified), but no mirror is penalised:
     fix the local gpg (``pacman-key --init``, install gnupg) and try again.
+    """
+
+
+class NoSpaceError(PacswarmError):
+    """A package cannot be downloaded: it would not fit on the cache filesystem.
+
+    pacman is answered 507; nothing is written. Free some space and try again.
     """

@@ -58,5 +58,11 @@ class MirrorHealth:
             state.failures = 0
             state.last_error = ""
 
+    def track(self, url: str) -> None:
+        """Start keeping the health of ``url`` (for sources that appear while running)."""
+        if url not in self._states:
+            self._states[url] = MirrorState(url)
+            self.urls.append(url)
+
     def state(self, url: str) -> MirrorState:
         return self._states[url]

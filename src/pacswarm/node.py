@@ -11,19 +11,27 @@ import contextlib
 import logging
 import signal
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from pacswarm.config import DEFAULT_MIRROR, Config
 from pacswarm.dbsync import RepoDbs
-from pacswarm.download import Downloader
 from pacswarm.errors import ConfigError, MirrorlistError
+from pacswarm.events import Committed, NodeEvents
+from pacswarm.fetch.admit import Admission
+from pacswarm.fetch.download import Downloader
+from pacswarm.fetch.peers import GatewaySource, PeerHealth, peer_session
+from pacswarm.fetch.plan import SourcePlan
+from pacswarm.fetch.source import CacheSource, Want
+from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipfs.service import IpfsService
 from pacswarm.mirrorlist import parse_mirrorlist, read_mirrorlist, usable_mirrors
-from pacswarm.peersource import PeerSource
 from pacswarm.proxy import Proxy
+from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.store import Store
 from pacswarm.upstream import Upstream
@@ -81,26 +89,61 @@ def resolve_mirrors(config: Config) -> list[str]:
 
 
 class Node:
+    """The composition root: the only place that knows every part and wires them."""
+
     def __init__(self, config: Config, mirrors: list[str]) -> None:
         self.config = config
+        self.events = NodeEvents()
         self.store = Store(config.data_dir)
         self.upstream = Upstream(mirrors, config)
         self.dbs = RepoDbs(self.store, self.upstream, config)
-        self.downloader = Downloader(self.store, self.upstream, config)
-        self.proxy = Proxy(self.store, self.dbs, self.downloader, self.upstream)
+        self.peer_health = PeerHealth(config.mirror_penalty)
+        plan = SourcePlan(
+            lambda: CacheSource(self.store.cache_path, self.evict),
+            self.upstream,
+            self.peer_health.penalised,
+        )
+        admission = Admission(self.store, self.upstream, config.gpgdir, self.events)
+        self.downloader = Downloader(self.store, plan, admission, config)
+        self.proxy = Proxy(
+            self.store, self.dbs, self.downloader, self.upstream, config.verify_window
+        )
         self.ipfs = IpfsService(config, self.store.cache_path, self.evict)
-        self.downloader.on_committed.append(self.ipfs.publish)
-        self.peers = PeerSource(self.store, self.upstream, config, self.downloader.on_committed)
+        self.events.committed.subscribe(self._publish)
+        self.events.evicted.subscribe(self.ipfs.forget)
+        self._peer_session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def evict(self, rp: RequestPath) -> None:
-        """Drop a package from the cache and its blocks from IPFS: never one without the other.
+    def _publish(self, committed: Committed) -> None:
+        self.ipfs.publish(committed.rp, committed.path)
 
-        Used for bit rot found by the blockstore; eviction by size will use it too.
+    def evict(self, rp: RequestPath) -> None:
+        """Drop a package from the cache, then tell subscribers (IPFS drops its blocks).
+
+        Used for bit rot found by the blockstore or the cache source; eviction by size will
+        use it too.
         """
         self.store.remove_package(rp)
-        self.ipfs.forget(rp)
+        self.events.evicted.emit(rp)
+
+    async def fetch_from_peer(
+        self, rp: RequestPath, record: PackageRecord, base_url: str, root: CID
+    ) -> Path:
+        """Download ``rp`` with a peer's gateway first in the plan (mirrors after it).
+
+        The peer's bytes are admitted like a mirror's; a peer that fails or lies is
+        penalised and the download goes on with the next source. Raises DownloadFailed.
+        """
+        if self._peer_session is None:
+            self._peer_session = peer_session(self.config)
+        peer = GatewaySource(base_url, root, self._peer_session, self.peer_health)
+        return await self.downloader.fetch(Want(rp, record), extra=[peer])
+
+    async def close_peer_session(self) -> None:
+        if self._peer_session is not None:
+            await self._peer_session.close()
+            self._peer_session = None
 
     def app(self) -> web.Application:
         # Requests larger than this are not pacman's; aiohttp answers 400/431 for them.
@@ -159,6 +202,7 @@ class Node:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.ipfs.stop()
+        await self.close_peer_session()
         await self.upstream.close()
         self.store.close()
 

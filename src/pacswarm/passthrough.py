@@ -1,9 +1,10 @@
 """Passing a file through from upstream unchanged and uncached.
 
-For files no db describes (``lastupdate``, a package missing from the db, a signature we do
-not hold): with nothing to verify against, pacswarm neither caches nor vouches for them; pacman
-still checks packages itself. Mirrors are tried in order until one answers, so a dead first
-mirror costs one connection attempt; once bytes flow, a failure cuts the connection.
+For files no db describes and that are not packages (``lastupdate``, a package ``.sig`` we do
+not hold): pacswarm neither caches nor vouches for them, and pacman checks signatures itself.
+A package file never comes this way: it is verified or refused (see proxy.py). Mirrors are
+tried in health order until one answers (:func:`~pacswarm.fetch.mirrors.each_mirror`); once
+bytes flow, a failure cuts the connection.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from pacswarm.errors import UpstreamError
+from pacswarm.fetch.mirrors import each_mirror
 from pacswarm.requestpath import RequestPath
 from pacswarm.upstream import MirrorFault, Upstream
 
@@ -25,31 +26,20 @@ _FORWARDED = ("Content-Type", "Content-Range", "Last-Modified", "Accept-Ranges",
 async def pass_through(
     upstream: Upstream, request: web.Request, rp: RequestPath
 ) -> web.StreamResponse:
-    attempts: list[tuple[str, str]] = []
-    not_found = 0
+    """Relay the first mirror's answer; :class:`UpstreamError` (404/502) if none has it."""
     forward = {k: v for k in ("Range", "If-Modified-Since") if (v := request.headers.get(k))}
-    for mirror in upstream.candidates():
-        try:
-            async with upstream.open(
-                mirror, rp, method=request.method, extra_headers=forward
-            ) as resp:
-                if resp.status == 404:
-                    not_found += 1
-                    attempts.append((mirror, "404 not found"))
-                    continue
-                if resp.status >= 500:
-                    raise MirrorFault(f"HTTP {resp.status}")
-                if resp.status == 304:
-                    return web.Response(status=304)
-                if resp.status not in (200, 206):
-                    attempts.append((mirror, f"HTTP {resp.status}"))
-                    continue
-                return await _relay(request, resp)
-        except MirrorFault as e:
-            upstream.failed(mirror, str(e))
-            attempts.append((mirror, str(e)))
-    status = 404 if attempts and not_found == len(attempts) else 502
-    raise UpstreamError(str(rp), attempts, status)
+
+    async def attempt(mirror: str) -> web.StreamResponse:
+        async with upstream.open(mirror, rp, method=request.method, extra_headers=forward) as resp:
+            if resp.status == 404:
+                raise MirrorFault("404 not found", penalise=False, status=404)
+            if resp.status == 304:
+                return web.Response(status=304)
+            if resp.status not in (200, 206):
+                raise MirrorFault(f"HTTP {resp.status}", penalise=resp.status >= 500)
+            return await _relay(request, resp)
+
+    return await each_mirror(upstream, str(rp), attempt)
 
 
 async def _relay(request: web.Request, resp: aiohttp.ClientResponse) -> web.StreamResponse:

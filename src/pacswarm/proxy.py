@@ -4,23 +4,28 @@ Each request is routed by what the file is (see :mod:`pacswarm.requestpath`):
 
 * repo dbs: refreshed from upstream, then answered from our copy (304 when pacman's is current);
 * packages in the db: from the verified cache (``sendfile``), else streamed from a shared
-  download that holds the tail back until verification passes;
+  download (nothing unverified inside the verify window, then the tail held back until
+  verification passes); a package the db does not list is refused (404), never passed on;
 * package signatures: from the cache, the db's %PGPSIG%, or upstream;
 * anything else: passed through from upstream, never cached.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
 from aiohttp import web
 
 from pacswarm.dbsync import RepoDbs
-from pacswarm.download import Download, Downloader, DownloadFailed
-from pacswarm.errors import UpstreamError
+from pacswarm.errors import NoSpaceError, UpstreamError
+from pacswarm.fetch.download import Download, Downloader, DownloadFailed
+from pacswarm.fetch.source import Want
 from pacswarm.httprange import RangeNotSatisfiable, parse_range
 from pacswarm.passthrough import pass_through
+from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import BadPath, FileKind, RequestPath, parse_request_path
 from pacswarm.store import Store
 from pacswarm.upstream import Upstream
@@ -28,16 +33,27 @@ from pacswarm.upstream import Upstream
 log = logging.getLogger(__name__)
 
 OCTETS = "application/octet-stream"
+#: Seconds between two refreshes of a repo's db triggered by packages it does not list.
+INDEX_RETRY = 60.0
+#: Repos whose db such requests may fetch (real systems have a handful).
+MAX_INDEX_ASKED = 64
 
 
 class Proxy:
     def __init__(
-        self, store: Store, dbs: RepoDbs, downloader: Downloader, upstream: Upstream
+        self,
+        store: Store,
+        dbs: RepoDbs,
+        downloader: Downloader,
+        upstream: Upstream,
+        verify_window: float,
     ) -> None:
         self.store = store
         self.dbs = dbs
         self.downloader = downloader
         self.upstream = upstream
+        self.verify_window = verify_window
+        self._index_asked: dict[tuple[str, str], float] = {}
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -79,29 +95,88 @@ class Proxy:
         return web.FileResponse(copy.path, headers=headers)
 
     async def serve_package(self, request: web.Request, rp: RequestPath) -> web.StreamResponse:
-        if request.headers.get("Range") and self.downloader.resume_is_tainted(rp):
-            log.warning("refused to resume %s: the partial copy came from a bad transfer", rp)
-            raise web.HTTPRequestRangeNotSatisfiable(
-                text="pacswarm: this partial download came from a transfer that failed "
-                "verification; delete the .part file and download again\n"
-            )
+        arrived = asyncio.get_running_loop().time()
         cached = self.store.cache_path(rp)
+        key = (rp.repo, rp.arch, rp.filename)
+        if request.headers.get("Range") and self.downloader.cuts.known(key):
+            return await self.serve_resume(request, rp, arrived)
         if cached.is_file():
             return await self.serve_file(request, cached)
-        record = self.dbs.lookup(rp.repo, rp.arch, rp.filename)
-        if record is None and not self.dbs.has_index(rp.repo, rp.arch):
-            await self.dbs.ensure_index(rp.repo, rp.arch)
-            record = self.dbs.lookup(rp.repo, rp.arch, rp.filename)
-        if record is None:
-            # Not in any db we know: nothing to verify against, so pass it on, uncached.
-            return await pass_through(self.upstream, request, rp)
+        record = await self.record_for(rp)
         if request.method == "HEAD":
             # Answer from the db: no reason to download a package nobody asked for yet.
             head = web.StreamResponse(headers={"Content-Type": OCTETS, "Accept-Ranges": "bytes"})
             head.content_length = record.csize
             await head.prepare(request)
             return head
-        return await self.stream(request, self.downloader.get_or_start(rp, record))
+        try:
+            dl = self.downloader.get_or_start(Want(rp, record))
+        except NoSpaceError as e:
+            log.error("%s", e)
+            raise web.HTTPInsufficientStorage(text=f"pacswarm: {e}\n") from None
+        return await self.stream(request, dl, arrived + self.verify_window)
+
+    async def record_for(self, rp: RequestPath) -> PackageRecord:
+        """The db's record of a package, refreshing the index once if it lacks it.
+
+        A package file never leaves pacswarm unverified: with no record to check it against
+        (pacman's db may be newer than ours, or the name is not a package of the repo), the
+        answer is 404 and pacman moves on to its next Server.
+        """
+        record = self.dbs.lookup(rp.repo, rp.arch, rp.filename)
+        if record is None:
+            await self.refresh_index(rp.repo, rp.arch)
+            record = self.dbs.lookup(rp.repo, rp.arch, rp.filename)
+        if record is None:
+            log.warning("refused %s: not in the %s db pacswarm holds", rp, rp.repo)
+            raise web.HTTPNotFound(
+                text=f"pacswarm: {rp.filename} is not in the {rp.repo} db it holds, so it "
+                "cannot be verified; run pacman -Sy through pacswarm first\n"
+            )
+        return record
+
+    async def refresh_index(self, repo: str, arch: str) -> None:
+        """Fetch ``repo.db`` anew (conditionally), at most once per :data:`INDEX_RETRY`."""
+        now = asyncio.get_running_loop().time()
+        last = self._index_asked.get((repo, arch))
+        if last is not None and now - last < INDEX_RETRY:
+            return
+        if last is None and len(self._index_asked) >= MAX_INDEX_ASKED:
+            return  # a flood of made-up repo names: no more fetches for new ones
+        self._index_asked[(repo, arch)] = now
+        with contextlib.suppress(UpstreamError):
+            await self.dbs.refresh(RequestPath(repo, arch, f"{repo}.db", FileKind.DB))
+
+    async def serve_resume(
+        self, request: web.Request, rp: RequestPath, arrived: float
+    ) -> web.StreamResponse:
+        """pacman resumes a transfer pacswarm cut before verification: judge its ``.part``."""
+        key = (rp.repo, rp.arch, rp.filename)
+        cached = self.store.cache_path(rp)
+        if not cached.is_file():
+            # The file is (being) fetched again from the next source; wait for it a while.
+            record = await self.record_for(rp)
+            with contextlib.suppress(DownloadFailed, TimeoutError, NoSpaceError):
+                await asyncio.wait_for(
+                    self.downloader.fetch(Want(rp, record)),
+                    max(0.0, arrived + self.verify_window - asyncio.get_running_loop().time()),
+                )
+        try:
+            offset = int(request.headers["Range"].removeprefix("bytes=").split("-")[0])
+        except ValueError:
+            offset = -1
+        good = None
+        if cached.is_file() and offset >= 0:
+            good = await asyncio.to_thread(self.downloader.cuts.judge, key, offset, cached)
+        self.downloader.cuts.forget(key)
+        if good:
+            log.info("resume of %s at %d: the partial file is a prefix of the good one", rp, offset)
+            return await self.serve_file(request, cached)
+        log.warning("refused to resume %s: the partial copy came from a bad transfer", rp)
+        raise web.HTTPRequestRangeNotSatisfiable(
+            text="pacswarm: this partial download came from a transfer that failed "
+            "verification; pacman drops it, and the next attempt gets the verified file\n"
+        )
 
     async def serve_signature(self, request: web.Request, rp: RequestPath) -> web.StreamResponse:
         cached = self.store.cache_path(rp)
@@ -136,8 +211,10 @@ class Proxy:
             await response.prepare(plain)
         return response
 
-    async def stream(self, request: web.Request, dl: Download) -> web.StreamResponse:
-        """Send a download in progress to one client, honouring Range."""
+    async def stream(
+        self, request: web.Request, dl: Download, window_ends: float
+    ) -> web.StreamResponse:
+        """Send a download in progress to one client, honouring Range and the window."""
         try:
             wanted = parse_range(request.headers.get("Range"), dl.size)
         except RangeNotSatisfiable:
@@ -156,7 +233,7 @@ class Proxy:
             # Let a fast client take a whole read's worth before we wait for it to drain.
             request.transport.set_write_buffer_limits(high=1 << 20)
         try:
-            async for chunk in dl.follow(start, end):
+            async for chunk in dl.follow(start, end, window_ends):
                 await resp.write(chunk)
         except DownloadFailed as e:
             # Cut the connection: pacman sees a failed transfer and tries its next Server.

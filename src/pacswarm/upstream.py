@@ -13,26 +13,20 @@ from contextlib import asynccontextmanager
 from email.utils import formatdate
 
 import aiohttp
+from yarl import URL
 
 from pacswarm import __version__
 from pacswarm.config import Config
+from pacswarm.fetch.source import SourceFault
 from pacswarm.health import MirrorHealth
 from pacswarm.mirrorlist import mirror_url
 from pacswarm.requestpath import RequestPath
 
 log = logging.getLogger(__name__)
 
-#: Signatures are a few hundred bytes; anything much bigger is not a signature.
-MAX_SIGNATURE = 64 * 1024
 
-
-class MirrorFault(Exception):
+class MirrorFault(SourceFault):
     """One mirror failed one request. ``penalise`` is False for a plain 404 (not synced yet)."""
-
-    def __init__(self, reason: str, *, penalise: bool = True, status: int = 502) -> None:
-        super().__init__(reason)
-        self.penalise = penalise
-        self.status = status
 
 
 class Upstream:
@@ -84,37 +78,64 @@ class Upstream:
         method: str = "GET",
         extra_headers: dict[str, str] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Open ``rp`` on ``mirror``. Connection problems become :class:`MirrorFault`."""
+        """Open ``rp`` on ``mirror``. Connection problems become :class:`MirrorFault`.
+
+        Redirects are followed by hand, at most :data:`MAX_REDIRECTS`, and only where
+        :func:`redirect_refusal` allows: a mirror cannot send us to plain HTTP or elsewhere.
+        """
         if self._session is None:
             raise RuntimeError("Upstream.start() was not called")
         headers: dict[str, str] = dict(extra_headers or {})
         if offset:
             headers["Range"] = f"bytes={offset}-"
         if if_modified_since is not None:
-            headers["If-Modified-Since"] = formatdate(if_modified_since, usegmt=True)
-        url = mirror_url(mirror, rp.repo, rp.arch, rp.filename)
+            # Never a date in the future: a mirror that sent one would make every honest
+            # mirror answer 304 for ever (see dbsync); a clock skew of minutes is harmless.
+            headers["If-Modified-Since"] = formatdate(
+                min(if_modified_since, time.time()), usegmt=True
+            )
+        url = URL(mirror_url(mirror, rp.repo, rp.arch, rp.filename))
         try:
-            async with self._session.request(
-                method, url, headers=headers, allow_redirects=True
-            ) as resp:
-                yield resp
+            for _ in range(MAX_REDIRECTS + 1):
+                async with self._session.request(
+                    method, url, headers=headers, allow_redirects=False
+                ) as resp:
+                    if resp.status in _REDIRECTS and "Location" in resp.headers:
+                        target = url.join(URL(resp.headers["Location"]))
+                        refusal = redirect_refusal(url, target)
+                        if refusal is not None:
+                            raise MirrorFault(f"{url}: {refusal}")
+                        url = target
+                        continue
+                    yield resp
+                    return
+            raise MirrorFault(f"{url}: more than {MAX_REDIRECTS} redirects")
         except TimeoutError:
             raise MirrorFault(f"timed out on {url}") from None
         except aiohttp.ClientError as e:
             raise MirrorFault(f"{type(e).__name__} on {url}: {e}") from None
 
-    async def fetch_small(self, rp: RequestPath, limit: int = MAX_SIGNATURE) -> bytes | None:
-        """First mirror's copy of a small file (a signature); None if no mirror has it."""
-        for mirror in self.candidates():
-            try:
-                async with self.open(mirror, rp) as resp:
-                    if resp.status != 200:
-                        continue
-                    data = await resp.content.read(limit + 1)
-                    if len(data) > limit:
-                        log.warning("%s on %s is larger than %d bytes; ignored", rp, mirror, limit)
-                        continue
-                    return data
-            except (MirrorFault, aiohttp.ClientError, TimeoutError) as e:
-                log.info("could not fetch %s from %s: %s", rp, mirror, e)
-        return None
+
+#: Redirects a mirror may chain; real mirrors use one at most.
+MAX_REDIRECTS = 3
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def redirect_refusal(origin: URL, target: URL) -> str | None:
+    """Why a redirect from ``origin`` to ``target`` must not be followed, or None. Pure.
+
+    Package bytes are verified whatever their path, but repo dbs are not signed: a mirror
+    reached over https that could bounce us to http would hand anyone on the network the
+    power to feed pacman an old or frozen db. A redirect to another host is refused too:
+    that host is not a mirror the user chose, and its failures would count against this one.
+    """
+    if target.scheme not in ("http", "https"):
+        return f"redirect to {target.scheme!r} URL refused"
+    if origin.scheme == "https" and target.scheme != "https":
+        return f"redirect from https to plain http ({target}) refused"
+    if (target.host, target.port) != (origin.host, origin.port):
+        return (
+            f"redirect to another host ({target.host}) refused; "
+            "if you trust it, list it as a mirror of its own"
+        )
+    return None

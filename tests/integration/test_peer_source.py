@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -11,11 +12,10 @@ import pytest
 from aiohttp import web
 
 from pacswarm.config import load_config
-from pacswarm.errors import VerificationError
+from pacswarm.fetch.download import DownloadFailed
 from pacswarm.ipfs.blockstore import PackageBlockstore
 from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.gateway import gateway_app
-from pacswarm.ipfs.gatewayclient import GatewayFetchError
 from pacswarm.node import Node
 from pacswarm.requestpath import FileKind, RequestPath
 from tests.integration.conftest import NodeFactory
@@ -46,6 +46,7 @@ async def _with_node_b(node: Node, body: Callable[[], Awaitable[T]]) -> T:
         await node.dbs.refresh(CORE_DB)  # pacman -Sy: the db always comes from a mirror
         return await body()
     finally:
+        await node.close_peer_session()
         await node.ipfs.stop()
         await node.upstream.close()
         node.store.close()
@@ -78,7 +79,7 @@ def test_package_from_a_peer_gateway_is_verified_then_cached(
     async def body() -> Path:
         record = node.dbs.lookup("core", "x86_64", bigpkg.filename)
         assert record is not None
-        return await node.peers.fetch_from_gateway(rp, record, peer.gateway_url, root)
+        return await node.fetch_from_peer(rp, record, peer.gateway_url, root)
 
     cached = asyncio.run(_with_node_b(node, body))
     assert cached == node.store.cache_path(rp)
@@ -90,7 +91,11 @@ def test_package_from_a_peer_gateway_is_verified_then_cached(
 def test_a_lying_peer_gets_nothing_into_the_cache(
     attack: str, tmp_path: Path, test_repo: TestRepo, mirror: MirrorServer, pacman_gpgdir: Path
 ) -> None:
-    """The peer serves a valid DAG under the root it announced, but not the db's package."""
+    """The peer serves a valid DAG under the root it announced, but not the db's package.
+
+    The same admission as for mirrors refuses its bytes; the download goes on with the next
+    source of the plan (the mirror), and the peer is penalised.
+    """
     hello = test_repo.packages["hello"]
     fake = tmp_path / "fake.pkg"
     data = bytearray(hello.path.read_bytes())
@@ -102,22 +107,54 @@ def test_a_lying_peer_gets_nothing_into_the_cache(
     node = _local_node(tmp_path, mirror, pacman_gpgdir)
     rp = RequestPath("core", "x86_64", hello.filename, FileKind.PACKAGE)
 
-    async def body() -> type[Exception] | None:
+    async def body() -> tuple[Path, bool]:
         blocks = PackageBlockstore(tmp_path / "evil.sqlite", locate=lambda key: fake)
         root: CID = blocks.add_package("evil", fake)
         runner, url = await _serve(blocks)
         try:
             record = node.dbs.lookup("core", "x86_64", hello.filename)
             assert record is not None
-            await node.peers.fetch_from_gateway(rp, record, url, root)
-        except (VerificationError, GatewayFetchError) as e:
-            return type(e)
+            cached = await node.fetch_from_peer(rp, record, url, root)
+            return cached, node.peer_health.penalised(f"peer {url}", time.monotonic())
         finally:
             await runner.cleanup()
             blocks.close()
-        return None
 
-    raised = asyncio.run(_with_node_b(node, body))
-    assert raised is (VerificationError if attack == "tampered" else GatewayFetchError)
+    cached, penalised = asyncio.run(_with_node_b(node, body))
+    assert cached.read_bytes() == hello.path.read_bytes()  # the mirror's, not the peer's
+    assert penalised
+    assert mirror.hits(hello.filename) == 1
+    assert not list((tmp_path / "b" / "tmp").iterdir())
+
+
+def test_a_lying_peer_alone_fails_the_download_and_caches_nothing(
+    tmp_path: Path, test_repo: TestRepo, mirror: MirrorServer, pacman_gpgdir: Path
+) -> None:
+    """With the mirror gone too, a tampering peer's bytes are refused and nothing is kept."""
+    hello = test_repo.packages["hello"]
+    fake = tmp_path / "fake.pkg"
+    data = bytearray(hello.path.read_bytes())
+    data[100] ^= 0xFF
+    fake.write_bytes(bytes(data))
+    node = _local_node(tmp_path, mirror, pacman_gpgdir)
+    rp = RequestPath("core", "x86_64", hello.filename, FileKind.PACKAGE)
+
+    async def body() -> str:
+        blocks = PackageBlockstore(tmp_path / "evil.sqlite", locate=lambda key: fake)
+        root: CID = blocks.add_package("evil", fake)
+        runner, url = await _serve(blocks)
+        mirror.set_fault("500", hello.filename)
+        try:
+            record = node.dbs.lookup("core", "x86_64", hello.filename)
+            assert record is not None
+            with pytest.raises(DownloadFailed) as failed:
+                await node.fetch_from_peer(rp, record, url, root)
+            return str(failed.value)
+        finally:
+            await runner.cleanup()
+            blocks.close()
+
+    reason = asyncio.run(_with_node_b(node, body))
+    assert "peer http://127.0.0.1" in reason and "sha256" in reason
     assert not node.store.cache_path(rp).exists()
     assert not list((tmp_path / "b" / "tmp").iterdir())

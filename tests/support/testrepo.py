@@ -27,6 +27,8 @@ from tests.support import gpg
 ARCH = "x86_64"
 BUILD_TIMEOUT = 120.0
 BIGPKG_BYTES = 6 * 1024 * 1024
+#: A package the size of a typical larger Arch package (the issue's "20 MiB" case).
+LARGEPKG_BYTES = 20 * 1024 * 1024
 # Fixed, whole-second mtime for the repo dbs so Last-Modified / If-Modified-Since are predictable.
 DB_MTIME = int(time.time()) - 3600
 
@@ -85,6 +87,17 @@ source=('blob.bin')
 sha256sums=('SKIP')
 package() {
   install -Dm644 "$srcdir/blob.bin" "$pkgdir/usr/share/bigpkg/blob.bin"
+}
+""",
+    ),
+    "largepkg": (
+        "extra",
+        """pkgdesc='pacswarm test package of 20 MiB'
+arch=('x86_64')
+source=('blob.bin')
+sha256sums=('SKIP')
+package() {
+  install -Dm644 "$srcdir/blob.bin" "$pkgdir/usr/share/largepkg/blob.bin"
 }
 """,
     ),
@@ -244,6 +257,8 @@ def _write_pkgbuild(pkgdir: Path, name: str, body: str) -> None:
     (pkgdir / "PKGBUILD").write_text(f"pkgname={name}\n{_COMMON}{body}")
     if name == "bigpkg":
         (pkgdir / "blob.bin").write_bytes(os.urandom(BIGPKG_BYTES))
+    if name == "largepkg":
+        (pkgdir / "blob.bin").write_bytes(os.urandom(LARGEPKG_BYTES))
 
 
 def _build_packages(outdir: Path) -> dict[str, Path]:

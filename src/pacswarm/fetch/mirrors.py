@@ -8,12 +8,14 @@ synced yet is not a fault), 502 otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
 
 from pacswarm.errors import UpstreamError
+from pacswarm.fetch.source import Want
+from pacswarm.requestpath import RequestPath
 from pacswarm.upstream import MirrorFault, Upstream
 
 T = TypeVar("T")
@@ -81,3 +83,57 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     if declared is not None and got != declared:
         raise MirrorFault(f"{resp.url.name} truncated at {got} of {declared} bytes")
     return b"".join(parts)
+
+
+#: pacman's own cap on a package ``.sig`` (dload.c: "hard upper limit of 16KiB").
+MAX_SIGNATURE = 16 * 1024
+
+
+async def fetch_small(upstream: Upstream, rp: RequestPath, limit: int = MAX_SIGNATURE) -> bytes:
+    """A small file (a signature) from the first mirror that has it, read whole.
+
+    Raises :class:`UpstreamError` when no mirror has it (status 404 if none had it at all).
+    """
+
+    async def attempt(mirror: str) -> bytes:
+        async with upstream.open(mirror, rp) as resp:
+            check_status(resp, 200)
+            return await read_body(resp, limit)
+
+    return await each_mirror(upstream, str(rp), attempt)
+
+
+class MirrorSource:
+    """One upstream mirror as a package :class:`~pacswarm.fetch.source.Source`.
+
+    Resumes with ``Range``; a mirror that answers a Range request with anything but the
+    matching ``206`` cannot continue the file and is a fault, as is any status but 200/206.
+    """
+
+    def __init__(self, upstream: Upstream, mirror: str) -> None:
+        self.upstream = upstream
+        self.mirror = mirror
+
+    @property
+    def name(self) -> str:
+        return self.mirror
+
+    def can_deliver(self, want: Want, offset: int) -> bool:
+        return True  # a mirror is asked; whether it has the file, only it can say
+
+    async def stream(self, want: Want, offset: int) -> AsyncIterator[bytes]:
+        async with self.upstream.open(self.mirror, want.rp, offset=offset) as resp:
+            check_status(resp, 200, 206)
+            if offset and resp.status != 206:
+                raise MirrorFault(f"HTTP {resp.status} for bytes {offset}- (no Range support)")
+            content_range = resp.headers.get("Content-Range", "")
+            if resp.status == 206 and not content_range.startswith(f"bytes {offset}-"):
+                raise MirrorFault(f"wrong Content-Range {content_range!r} for bytes {offset}-")
+            async for chunk in resp.content.iter_any():
+                yield chunk
+
+    def failed(self, reason: str) -> None:
+        self.upstream.failed(self.mirror, reason)
+
+    def succeeded(self) -> None:
+        self.upstream.succeeded(self.mirror)

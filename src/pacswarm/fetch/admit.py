@@ -1,0 +1,169 @@
+"""Admission: the one door into the cache, the same for bytes from any source.
+
+A complete download is admitted only if its sha256 equals the db's ``%SHA256SUM%`` and a
+signature for it is trusted by the pacman keyring with pacman's rules (:mod:`pacswarm.verify`).
+Then it is committed (:meth:`Store.commit_package`: signature, row, rename) and the node's
+``committed`` event fires. Nothing enters ``cache/`` any other way.
+
+Where the signature comes from, as pacman decides (libalpm uses the db's signature when the
+db carries one): the db's ``%PGPSIG%``, final if present; else the mirrors' ``.sig`` files,
+first mirror first. A mirror whose ``.sig`` fails is penalised and the next mirror's is tried
+on the same bytes: a bad ``.sig`` costs a gpg run, not a download.
+
+Two different failures, two different remedies (the download acts on them):
+
+* :class:`BadBytes`: the sha256 differs. The sources that sent the bytes lied or broke;
+  another source may have the right bytes.
+* :class:`BadSignature`: the bytes are the db's, but no signature is trusted. No other source
+  can change that (the db names these bytes); the download fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pacswarm.errors import IntegrityError, SignatureUncheckable, VerificationError
+from pacswarm.events import Committed, NodeEvents
+from pacswarm.fetch.mirrors import MAX_SIGNATURE, check_status, read_body
+from pacswarm.fetch.source import Want
+from pacswarm.requestpath import FileKind, RequestPath
+from pacswarm.sigstream import SignatureCheck
+from pacswarm.store import Store
+from pacswarm.upstream import MirrorFault, Upstream
+from pacswarm.verify import Verdict, verify_signature
+
+log = logging.getLogger(__name__)
+
+
+class BadBytes(IntegrityError):
+    """The downloaded bytes are not the db's: refetch them from another source."""
+
+
+class BadSignature(VerificationError):
+    """The bytes are the db's but no signature for them is trusted: final for this file."""
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A detached signature and who provided it (``None``: the repo db's ``%PGPSIG%``)."""
+
+    signature: bytes
+    provider: str | None
+
+
+def sig_path(rp: RequestPath) -> RequestPath:
+    return RequestPath(rp.repo, rp.arch, rp.filename + ".sig", FileKind.PACKAGE_SIG)
+
+
+class Admission:
+    def __init__(self, store: Store, upstream: Upstream, gpgdir: Path, events: NodeEvents):
+        self.store = store
+        self.upstream = upstream
+        self.gpgdir = gpgdir
+        self.events = events
+
+    # -- signatures ------------------------------------------------------------------------
+
+    async def first_signature(self, want: Want) -> Signed | None:
+        """The signature to check first: the db's, else the first mirror's ``.sig``."""
+        if want.record.pgpsig is not None:
+            return Signed(want.record.pgpsig, None)
+        async for signed in self._mirror_signatures(want, skip=()):
+            return signed
+        return None
+
+    async def _mirror_signatures(self, want: Want, skip: tuple[str, ...]) -> AsyncIterator[Signed]:
+        """Each mirror's ``.sig`` in health order (mirrors in ``skip`` left out)."""
+        rp = sig_path(want.rp)
+        for mirror in self.upstream.candidates():
+            if mirror in skip:
+                continue
+            try:
+                async with self.upstream.open(mirror, rp) as resp:
+                    check_status(resp, 200)
+                    data = await read_body(resp, MAX_SIGNATURE)
+            except MirrorFault as e:
+                if e.penalise:
+                    self.upstream.failed(mirror, f"{rp.filename}: {e}")
+                else:
+                    log.info("no %s on %s (%s)", rp.filename, mirror, e)
+                continue
+            yield Signed(data, mirror)
+
+    # -- the decision ------------------------------------------------------------------
+
+    async def decide(
+        self,
+        want: Want,
+        digest: str,
+        file: Path,
+        first: Signed | None,
+        check: SignatureCheck | None,
+        sources: list[str],
+    ) -> Signed:
+        """The signature that admits ``file``, or raise why it cannot enter the cache.
+
+        ``check``, if given, is the streaming gpg run already fed with ``first`` and the
+        file's bytes; it is consumed here.
+        """
+        who = ", ".join(sources) or "no source"
+        if digest != want.record.sha256:
+            if check is not None:
+                check.abort()
+            raise BadBytes(
+                f"{want.rp.filename}: sha256 {digest} does not match the db's "
+                f"{want.record.sha256} (sent by {who})"
+            )
+        if first is None:
+            raise BadSignature(
+                f"{want.rp.filename}: no signature available (neither %PGPSIG% in the db "
+                "nor a .sig on any mirror)"
+            )
+        verdict = await self._verdict(want, file, first, check)
+        if verdict.ok:
+            return first
+        if first.provider is None:  # the db's own signature: pacman would use it too
+            raise BadSignature(f"{want.rp.filename}: {verdict.reason} (the db's %PGPSIG%)")
+        reasons = [f"{first.provider}: {verdict.reason}"]
+        self.upstream.failed(first.provider, f"bad {want.rp.filename}.sig: {verdict.reason}")
+        async for other in self._mirror_signatures(want, skip=(first.provider,)):
+            verdict = await self._verdict(want, file, other, None)
+            if verdict.ok:
+                log.info("%s: the .sig of %s is good", want.rp.filename, other.provider)
+                return other
+            assert other.provider is not None
+            reasons.append(f"{other.provider}: {verdict.reason}")
+            self.upstream.failed(other.provider, f"bad {want.rp.filename}.sig: {verdict.reason}")
+        raise BadSignature(f"{want.rp.filename}: no trusted signature ({'; '.join(reasons)})")
+
+    async def _verdict(
+        self, want: Want, file: Path, signed: Signed, check: SignatureCheck | None
+    ) -> Verdict:
+        if check is not None:
+            check.finish(want.size)
+            verdict = await check.verdict()
+        else:
+            verdict = await verify_signature(self.gpgdir, file, signed.signature)
+        if verdict.local:
+            # Our own check broke (gpg missing or hung): refuse, but blame no source.
+            raise SignatureUncheckable(f"could not check the signature: {verdict.reason}")
+        return verdict
+
+    # -- the commit --------------------------------------------------------------------
+
+    def commit(self, want: Want, temp: Path, signed: Signed, sources: list[str]) -> Path:
+        """Move the admitted file into the cache and tell the node. Raises OSError."""
+        dest = self.store.commit_package(
+            want.rp, temp, want.record.sha256, want.size, signed.signature, ",".join(sources)
+        )
+        log.info("cached %s (%d bytes, verified, from %s)", want.rp, want.size, ", ".join(sources))
+        self.events.committed.emit(
+            Committed(want.rp, dest, want.record, signed.signature, tuple(sources))
+        )
+        return dest
+
+
+__all__ = ["Admission", "BadBytes", "BadSignature", "Signed"]

@@ -1,0 +1,410 @@
+"""Shared downloads: one transfer per file however many pacman clients, from any sources.
+
+A :class:`Download` fills a temp file from the sources of its plan (cache, peers, mirrors) in
+order. A source that errors, stalls or truncates is penalised and the next one continues at
+the same offset (``Range``), watched by a stall watchdog re-armed every ``stall_timeout``.
+When the file is complete it goes through admission (:mod:`.admit`). Bytes that fail the
+sha256 are thrown away, their sources penalised and left out, and the download starts again
+from the next source: a new *attempt* (``generation``).
+
+Readers (one per HTTP request) follow the temp file and stream it to pacman:
+
+* the *verify window*: for ``verify_window`` seconds after pacman's request a reader sends
+  nothing that is not verified. A bad source replaced inside the window costs pacman nothing
+  but time: it never sees a bad byte and its request succeeds;
+* past the window, bytes stream as they arrive except the last :data:`HOLDBACK`, released
+  only once the file is admitted, so pacman never holds a complete bad file and its progress
+  bar moves on big packages. A reader that sent unverified bytes of an attempt that then
+  fails is cut (pacman sees a failed transfer); what it sent is recorded (:mod:`.resume`) to
+  judge pacman's resume on its next run, while the download carries on and caches the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from pacswarm.config import Config
+from pacswarm.errors import NoSpaceError, SignatureUncheckable, UpstreamError, VerificationError
+from pacswarm.fetch.admit import Admission, BadBytes, Signed
+from pacswarm.fetch.plan import SourcePlan
+from pacswarm.fetch.resume import Cut, CutTransfers, digest_range
+from pacswarm.fetch.source import Source, SourceFault, Want
+from pacswarm.requestpath import RequestPath
+from pacswarm.sigstream import SignatureCheck
+from pacswarm.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Bytes kept from pacman until admission passes. Any amount > 0 makes a failed file
+#: incomplete on pacman's side; one read's worth keeps the release a single write.
+HOLDBACK = 64 * 1024
+#: Largest read from the temp file per write to the client.
+READ_CHUNK = 256 * 1024
+#: How often the stall watchdog looks at progress.
+WATCHDOG_TICK = 0.25
+#: Free space kept on the cache filesystem beyond a download's size (the db, SQLite, logs).
+DISK_RESERVE = 64 * 1024 * 1024
+
+
+class State(enum.Enum):
+    RUNNING = "running"
+    VERIFIED = "verified"
+    FAILED = "failed"
+
+
+class DownloadFailed(Exception):
+    """Raised to readers: cut the connection so pacman sees a failed transfer."""
+
+
+@dataclass(eq=False)
+class _Reader:
+    start: int
+    pos: int
+    generation: int
+    sent_unverified: bool = False
+
+
+class Download:
+    """One in-flight package transfer and the readers following it."""
+
+    def __init__(self, want: Want, fd: int, temp: Path, extra: Sequence[Source]) -> None:
+        self.want = want
+        self.size = want.size
+        self.extra = tuple(extra)
+        self.fd = fd
+        self.path = temp  # the temp file; the cached file once committed
+        self.generation = 0
+        self.written = 0
+        self.sha = hashlib.sha256()
+        self.state = State.RUNNING
+        self.error = ""
+        self.sources: list[str] = []  # sources that sent bytes of the current attempt
+        self.signature: bytes = b""  # set once admitted; served for the .sig that follows
+        self.check: SignatureCheck | None = None  # gpg, fed as bytes arrive
+        self.readers: set[_Reader] = set()
+        self.done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        self._changed = asyncio.Event()
+
+    @property
+    def rp(self) -> RequestPath:
+        return self.want.rp
+
+    def notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def sendable(self, window_ends: float, now: float) -> int:
+        """How many bytes from the start a reader may send now (window, then hold-back)."""
+        if self.state is State.VERIFIED:
+            return self.size
+        if now < window_ends:
+            return 0
+        return max(0, min(self.written, self.size - HOLDBACK))
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise DownloadFailed(self.error or "download file gone") from None
+
+    async def follow(self, start: int, end: int, window_ends: float) -> AsyncIterator[bytes]:
+        """Bytes ``start..end`` as they become sendable. Raises :class:`DownloadFailed`."""
+        loop = asyncio.get_running_loop()
+        reader = _Reader(start, start, self.generation)
+        self.readers.add(reader)
+        fd: int | None = None
+        try:
+            while reader.pos < end:
+                if self.state is State.FAILED:
+                    raise DownloadFailed(self.error)
+                if reader.generation != self.generation:
+                    if reader.sent_unverified:
+                        raise DownloadFailed("the bytes sent so far failed verification")
+                    reader.generation = self.generation  # nothing sent: follow the new attempt
+                    if fd is not None:
+                        os.close(fd)
+                        fd = None
+                now = loop.time()
+                limit = min(self.sendable(window_ends, now), end)
+                if reader.pos < limit:
+                    if fd is None:
+                        fd = self._open()
+                    data = os.pread(fd, min(limit - reader.pos, READ_CHUNK), reader.pos)
+                    if not data:
+                        raise DownloadFailed("download file shrank")
+                    if self.state is not State.VERIFIED:
+                        reader.sent_unverified = True
+                    reader.pos += len(data)
+                    yield data
+                    continue
+                changed = self._changed.wait()
+                timeout = window_ends - now if now < window_ends else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed, timeout)
+        finally:
+            if fd is not None:
+                os.close(fd)
+            self.readers.discard(reader)
+
+
+class Downloader:
+    """The registry of in-flight downloads, keyed by repo/arch/file."""
+
+    def __init__(
+        self, store: Store, plan: SourcePlan, admission: Admission, config: Config
+    ) -> None:
+        self.store = store
+        self.plan = plan
+        self.admission = admission
+        self.config = config
+        self.cuts = CutTransfers()
+        self._active: dict[tuple[str, str, str], Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def active(self, rp: RequestPath) -> Download | None:
+        return self._active.get((rp.repo, rp.arch, rp.filename))
+
+    def get_or_start(self, want: Want, extra: Sequence[Source] = ()) -> Download:
+        """Join the running download of ``want`` or start one. Never awaits (no races).
+
+        Raises :class:`NoSpaceError` when the file cannot fit on the cache filesystem.
+        """
+        if (dl := self._active.get(want.key)) is not None:
+            return dl
+        free = shutil.disk_usage(self.store.tmp_dir).free
+        if want.size + DISK_RESERVE > free:
+            raise NoSpaceError(
+                f"{want.rp.filename} is {want.size} bytes, the db says; only {free} bytes are "
+                f"free in {self.store.tmp_dir}: free some space (or check the db's %CSIZE%)"
+            )
+        fd, temp = self.store.new_temp(want.rp.filename)
+        dl = Download(want, fd, temp, extra)
+        self._active[want.key] = dl
+        task = asyncio.create_task(self._run(dl), name=f"download {want}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return dl
+
+    async def fetch(self, want: Want, extra: Sequence[Source] = ()) -> Path:
+        """Download ``want`` into the cache (or join its download); the cached path.
+
+        Raises :class:`DownloadFailed` when no source delivered an admissible file.
+        """
+        dl = self.get_or_start(want, extra)
+        return await asyncio.shield(dl.done)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- the download task -----------------------------------------------------------------
+
+    async def _run(self, dl: Download) -> None:
+        sig_task = asyncio.create_task(self._first_signature(dl))
+        try:
+            signed = await self._until_admitted(dl, sig_task)
+        except (UpstreamError, VerificationError, OSError) as e:
+            await self._fail(dl, str(e))
+            return
+        except asyncio.CancelledError:
+            await asyncio.shield(self._fail(dl, "node shutting down"))
+            raise
+        finally:
+            if not sig_task.done():
+                sig_task.cancel()
+        await self._commit(dl, signed)
+
+    async def _first_signature(self, dl: Download) -> Signed | None:
+        """Get the first signature while the bytes come, and start gpg on them."""
+        signed = await self.admission.first_signature(dl.want)
+        if signed is not None and dl.state is State.RUNNING:
+            self._start_check(dl, signed)
+        return signed
+
+    def _start_check(self, dl: Download, signed: Signed) -> None:
+        dl.check = SignatureCheck(self.config.gpgdir, signed.signature, dl.path)
+        dl.check.advance(dl.written)
+
+    async def _until_admitted(self, dl: Download, sig_task: asyncio.Task[Signed | None]) -> Signed:
+        """Attempts until one is admitted: transfer, admit; bad bytes mean a new attempt."""
+        attempts: list[tuple[str, str]] = []
+        refused: set[str] = set()  # sources whose bytes failed the sha256: not asked again
+        while True:
+            sources = [s for s in self.plan.sources(dl.extra) if s.name not in refused]
+            await self._transfer(dl, sources, attempts)
+            first = await sig_task
+            check, dl.check = dl.check, None
+            try:
+                signed = await self.admission.decide(
+                    dl.want, dl.sha.hexdigest(), dl.path, first, check, dl.sources
+                )
+            except BadBytes as e:
+                for name in dl.sources:
+                    self._source_named(sources, name).failed(f"sent a bad {dl.rp.filename}")
+                refused.update(dl.sources)
+                attempts.append((", ".join(dl.sources), "bytes failed the sha256"))
+                log.warning("%s; trying the next source", e)
+                await self._new_attempt(dl, first)
+                continue
+            for name in dl.sources:
+                self._source_named(sources, name).succeeded()
+            return signed
+
+    @staticmethod
+    def _source_named(sources: list[Source], name: str) -> Source:
+        return next(s for s in sources if s.name == name)
+
+    async def _new_attempt(self, dl: Download, first: Signed | None) -> None:
+        """Throw the bad bytes away (recording what cut readers got) and start afresh."""
+        await self._record_cuts(dl)
+        old_fd, old_path = dl.fd, dl.path
+        dl.fd, dl.path = self.store.new_temp(dl.rp.filename)
+        dl.generation += 1
+        dl.written = 0
+        dl.sha = hashlib.sha256()
+        dl.sources = []
+        os.close(old_fd)
+        old_path.unlink(missing_ok=True)
+        if first is not None:
+            self._start_check(dl, first)
+        dl.notify()
+
+    async def _record_cuts(self, dl: Download) -> None:
+        """For each reader that sent unverified bytes, what it sent (they are cut next)."""
+        for reader in [r for r in dl.readers if r.sent_unverified and r.pos > r.start]:
+            digest = await asyncio.to_thread(digest_range, dl.path, reader.start, reader.pos)
+            self.cuts.add(dl.want.key, Cut(reader.start, reader.pos, digest))
+
+    async def _commit(self, dl: Download, signed: Signed) -> None:
+        dl.signature = signed.signature
+        dl.state = State.VERIFIED
+        dl.notify()  # release the held-back tail to every reader right away
+        try:
+            await asyncio.to_thread(os.fsync, dl.fd)
+            os.close(dl.fd)
+            dest = self.admission.commit(dl.want, dl.path, signed, dl.sources)
+        except OSError as e:
+            log.error("verified %s but could not cache it: %s (check free space)", dl.rp, e)
+            dl.path.unlink(missing_ok=True)
+            self._active.pop(dl.want.key, None)
+            dl.done.set_exception(DownloadFailed(f"could not cache {dl.rp.filename}: {e}"))
+            dl.done.exception()  # retrieved: a fetch() nobody awaits must not warn
+            return
+        dl.path = dest  # same loop step as the rename: readers opening now find the file
+        del self._active[dl.want.key]  # a new request now hits the cache
+        dl.done.set_result(dest)
+
+    async def _fail(self, dl: Download, reason: str) -> None:
+        dl.error = reason
+        if dl.check is not None:
+            dl.check.abort()
+        await self._record_cuts(dl)
+        dl.state = State.FAILED
+        dl.notify()
+        self._active.pop(dl.want.key, None)
+        with contextlib.suppress(OSError):
+            os.close(dl.fd)
+        dl.path.unlink(missing_ok=True)
+        log.error("download of %s failed, not cached: %s", dl.rp, reason)
+        if not dl.done.done():
+            dl.done.set_exception(DownloadFailed(reason))
+            dl.done.exception()
+
+    # -- filling the file from sources -----------------------------------------------------
+
+    async def _transfer(
+        self, dl: Download, sources: list[Source], attempts: list[tuple[str, str]]
+    ) -> None:
+        """Fill the temp file from ``sources`` in order, each continuing at the offset."""
+        status = 502
+        not_found = 0
+        tried = 0
+        for source in sources:
+            if dl.written >= dl.size:
+                return
+            if not source.can_deliver(dl.want, dl.written):
+                continue
+            tried += 1
+            try:
+                await self._pull_watched(dl, source)
+            except SourceFault as e:
+                attempts.append((source.name, str(e)))
+                if e.penalise:
+                    source.failed(str(e))
+                if e.status == 404:
+                    not_found += 1
+                log.warning("%s from %s: %s", dl.rp.filename, source.name, e)
+        if dl.written < dl.size:
+            if tried and not_found == tried:
+                status = 404
+            raise UpstreamError(str(dl.rp), attempts, status)
+
+    async def _pull_watched(self, dl: Download, source: Source) -> None:
+        """:meth:`_pull` under a watchdog: too few bytes in a window means a stall."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(self._pull(dl, source))
+        window_start, window_bytes = loop.time(), dl.written
+        need = self.config.min_speed * self.config.stall_timeout
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=WATCHDOG_TICK)
+                if done:
+                    return task.result()
+                now = loop.time()
+                if now - window_start >= self.config.stall_timeout:
+                    moved = dl.written - window_bytes
+                    if moved < max(need, 1):
+                        raise SourceFault(
+                            f"stalled: {moved} bytes in {now - window_start:.1f} s "
+                            f"at offset {dl.written} of {dl.size}"
+                        )
+                    window_start, window_bytes = now, dl.written
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, SourceFault):
+                    await task
+
+    async def _pull(self, dl: Download, source: Source) -> None:
+        """Copy from one source, starting at ``dl.written``, until the file is complete."""
+        try:
+            async for chunk in source.stream(dl.want, dl.written):
+                if chunk and source.name not in dl.sources:
+                    dl.sources.append(source.name)
+                remaining = dl.size - dl.written
+                if len(chunk) > remaining:
+                    # Endless data or the wrong file: never take more than the db's size.
+                    self._append(dl, chunk[:remaining])
+                    source.failed(f"sent more than the {dl.size} bytes of {dl.rp}")
+                    return
+                self._append(dl, chunk)
+                if dl.written == dl.size:
+                    return
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise SourceFault(f"{type(e).__name__}: {e}") from None
+        if dl.written < dl.size:
+            raise SourceFault(f"connection closed at byte {dl.written} of {dl.size}")
+
+    @staticmethod
+    def _append(dl: Download, chunk: bytes) -> None:
+        os.pwrite(dl.fd, chunk, dl.written)
+        dl.sha.update(chunk)
+        dl.written += len(chunk)
+        if dl.check is not None:
+            dl.check.advance(dl.written)
+        dl.notify()
+
+
+__all__ = ["HOLDBACK", "Download", "DownloadFailed", "Downloader", "SignatureUncheckable"]
