@@ -24,9 +24,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-FAULT_MODES = ("none", "500", "404", "refuse", "stall", "truncate", "endless", "slow")
+FAULT_MODES = (
+    "none", "500", "404", "refuse", "stall", "truncate", "endless", "slow", "throttle",
+)  # fmt: skip
 ENDLESS_CAP = 256 * 1024 * 1024
 SLOW_RATE = 1024  # bytes per second for the "slow" fault
+THROTTLE_RATE = 4 * 1024 * 1024  # bytes per second for "throttle": a modest real link
 _CHUNK = 64 * 1024
 _GARBAGE = os.urandom(_CHUNK)
 
@@ -189,6 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     chunk = fh.read(min(_CHUNK, limit - pos, fast_until - pos))
                     self.wfile.write(chunk)
+                    if mode == "throttle" and stop.wait(len(chunk) / THROTTLE_RATE):
+                        break
                 if not chunk:
                     break
                 pos += len(chunk)

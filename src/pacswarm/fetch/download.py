@@ -238,11 +238,21 @@ class Downloader:
         dl.check.advance(dl.written)
 
     async def _until_admitted(self, dl: Download, sig_task: asyncio.Task[Signed | None]) -> Signed:
-        """Attempts until one is admitted: transfer, admit; bad bytes mean a new attempt."""
+        """Attempts until one is admitted: transfer, admit; bad bytes mean a new attempt.
+
+        A source that alone sent a bad file is not asked again for it. When bytes from
+        several sources made the bad file (one truncated, the next continued), nobody can
+        tell which lied: all are penalised, so the next attempt starts with the source that
+        has the best record, and the attempts are bounded by the number of sources.
+        """
         attempts: list[tuple[str, str]] = []
-        refused: set[str] = set()  # sources whose bytes failed the sha256: not asked again
+        refused: set[str] = set()
+        budget: int | None = None
         while True:
             sources = [s for s in self.plan.sources(dl.extra) if s.name not in refused]
+            budget = len(sources) if budget is None else budget - 1
+            if budget <= 0:
+                raise UpstreamError(str(dl.rp), attempts)
             await self._transfer(dl, sources, attempts)
             first = await sig_task
             check, dl.check = dl.check, None
@@ -253,7 +263,8 @@ class Downloader:
             except BadBytes as e:
                 for name in dl.sources:
                     self._source_named(sources, name).failed(f"sent a bad {dl.rp.filename}")
-                refused.update(dl.sources)
+                if len(dl.sources) == 1:
+                    refused.update(dl.sources)
                 attempts.append((", ".join(dl.sources), "bytes failed the sha256"))
                 log.warning("%s; trying the next source", e)
                 await self._new_attempt(dl, first)
