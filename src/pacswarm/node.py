@@ -21,7 +21,7 @@ from pacswarm.config import DEFAULT_MIRROR, Config
 from pacswarm.dbsync import RepoDbs
 from pacswarm.errors import ConfigError, MirrorlistError
 from pacswarm.events import Committed, NodeEvents
-from pacswarm.fetch.admit import Admission
+from pacswarm.fetch.admit import Admission, GpgVerifier
 from pacswarm.fetch.download import Downloader
 from pacswarm.fetch.peers import GatewaySource, PeerHealth, peer_session
 from pacswarm.fetch.plan import SourcePlan
@@ -103,7 +103,7 @@ class Node:
             self.upstream,
             self.peer_health.penalised,
         )
-        admission = Admission(self.store, self.upstream, config.gpgdir, self.events)
+        admission = Admission(self.store, self.upstream, GpgVerifier(config.gpgdir), self.events)
         self.downloader = Downloader(self.store, plan, admission, config)
         self.proxy = Proxy(
             self.store, self.dbs, self.downloader, self.upstream, config.verify_window

@@ -133,7 +133,8 @@ def redirect_refusal(origin: URL, target: URL) -> str | None:
         return f"redirect to {target.scheme!r} URL refused"
     if origin.scheme == "https" and target.scheme != "https":
         return f"redirect from https to plain http ({target}) refused"
-    if (target.host, target.port) != (origin.host, origin.port):
+    same_port = target.port == origin.port or target.scheme != origin.scheme  # http -> https
+    if target.host != origin.host or not same_port:
         return (
             f"redirect to another host ({target.host}) refused; "
             "if you trust it, list it as a mirror of its own"

@@ -24,6 +24,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pacswarm.errors import IntegrityError, SignatureUncheckable, VerificationError
 from pacswarm.events import Committed, NodeEvents
@@ -46,6 +47,40 @@ class BadSignature(VerificationError):
     """The bytes are the db's but no signature for them is trusted: final for this file."""
 
 
+class StreamingCheck(Protocol):
+    """A signature check fed with a file's bytes as they arrive (see sigstream.py)."""
+
+    def advance(self, available: int) -> None: ...
+    def finish(self, size: int) -> None: ...
+    def abort(self) -> None: ...
+    async def verdict(self) -> Verdict: ...
+
+
+class Verifier(Protocol):
+    """Who decides whether a signature is trusted: gpg on the pacman keyring, in the node."""
+
+    def start(self, signature: bytes, data: Path) -> StreamingCheck:
+        """Begin checking ``signature`` over ``data`` while it is still being written."""
+        ...
+
+    async def verify(self, data: Path, signature: bytes) -> Verdict:
+        """Check ``signature`` over the complete file ``data``."""
+        ...
+
+
+class GpgVerifier:
+    """pacman's decision: gpg with the pacman keyring (pacswarm.verify, pacswarm.sigstream)."""
+
+    def __init__(self, gpgdir: Path) -> None:
+        self.gpgdir = gpgdir
+
+    def start(self, signature: bytes, data: Path) -> StreamingCheck:
+        return SignatureCheck(self.gpgdir, signature, data)
+
+    async def verify(self, data: Path, signature: bytes) -> Verdict:
+        return await verify_signature(self.gpgdir, data, signature)
+
+
 @dataclass(frozen=True)
 class Signed:
     """A detached signature and who provided it (``None``: the repo db's ``%PGPSIG%``)."""
@@ -59,10 +94,12 @@ def sig_path(rp: RequestPath) -> RequestPath:
 
 
 class Admission:
-    def __init__(self, store: Store, upstream: Upstream, gpgdir: Path, events: NodeEvents):
+    def __init__(
+        self, store: Store, upstream: Upstream, verifier: Verifier, events: NodeEvents
+    ) -> None:
         self.store = store
         self.upstream = upstream
-        self.gpgdir = gpgdir
+        self.verifier = verifier
         self.events = events
 
     # -- signatures ------------------------------------------------------------------------
@@ -101,7 +138,7 @@ class Admission:
         digest: str,
         file: Path,
         first: Signed | None,
-        check: SignatureCheck | None,
+        check: StreamingCheck | None,
         sources: list[str],
     ) -> Signed:
         """The signature that admits ``file``, or raise why it cannot enter the cache.
@@ -140,13 +177,13 @@ class Admission:
         raise BadSignature(f"{want.rp.filename}: no trusted signature ({'; '.join(reasons)})")
 
     async def _verdict(
-        self, want: Want, file: Path, signed: Signed, check: SignatureCheck | None
+        self, want: Want, file: Path, signed: Signed, check: StreamingCheck | None
     ) -> Verdict:
         if check is not None:
             check.finish(want.size)
             verdict = await check.verdict()
         else:
-            verdict = await verify_signature(self.gpgdir, file, signed.signature)
+            verdict = await self.verifier.verify(file, signed.signature)
         if verdict.local:
             # Our own check broke (gpg missing or hung): refuse, but blame no source.
             raise SignatureUncheckable(f"could not check the signature: {verdict.reason}")

@@ -35,13 +35,12 @@ from pathlib import Path
 import aiohttp
 
 from pacswarm.config import Config
-from pacswarm.errors import NoSpaceError, SignatureUncheckable, UpstreamError, VerificationError
-from pacswarm.fetch.admit import Admission, BadBytes, Signed
+from pacswarm.errors import NoSpaceError, UpstreamError, VerificationError
+from pacswarm.fetch.admit import Admission, BadBytes, Signed, StreamingCheck
 from pacswarm.fetch.plan import SourcePlan
 from pacswarm.fetch.resume import Cut, CutTransfers, digest_range
 from pacswarm.fetch.source import Source, SourceFault, Want
 from pacswarm.requestpath import RequestPath
-from pacswarm.sigstream import SignatureCheck
 from pacswarm.store import Store
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,8 @@ class Download:
         self.error = ""
         self.sources: list[str] = []  # sources that sent bytes of the current attempt
         self.signature: bytes = b""  # set once admitted; served for the .sig that follows
-        self.check: SignatureCheck | None = None  # gpg, fed as bytes arrive
+        self.check: StreamingCheck | None = None  # gpg, fed as bytes arrive
+        self.first: Signed | None = None  # the signature checked first, once known
         self.readers: set[_Reader] = set()
         self.done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
         self._changed = asyncio.Event()
@@ -229,31 +229,34 @@ class Downloader:
     async def _first_signature(self, dl: Download) -> Signed | None:
         """Get the first signature while the bytes come, and start gpg on them."""
         signed = await self.admission.first_signature(dl.want)
+        dl.first = signed
         if signed is not None and dl.state is State.RUNNING:
             self._start_check(dl, signed)
         return signed
 
     def _start_check(self, dl: Download, signed: Signed) -> None:
-        dl.check = SignatureCheck(self.config.gpgdir, signed.signature, dl.path)
+        dl.check = self.admission.verifier.start(signed.signature, dl.path)
         dl.check.advance(dl.written)
 
     async def _until_admitted(self, dl: Download, sig_task: asyncio.Task[Signed | None]) -> Signed:
         """Attempts until one is admitted: transfer, admit; bad bytes mean a new attempt.
 
-        A source that alone sent a bad file is not asked again for it. When bytes from
-        several sources made the bad file (one truncated, the next continued), nobody can
-        tell which lied: all are penalised, so the next attempt starts with the source that
-        has the best record, and the attempts are bounded by the number of sources.
+        A source that sent a bad file is not asked again for it. When bytes from several
+        sources made the bad file (one truncated, the next continued), nobody can tell which
+        lied: all are penalised, and from then on each attempt takes its bytes from a single
+        source (*solo*: a source that fails mid-file is not continued by the next one, the
+        next one starts over), so the liar is found. Attempts are bounded by the sources.
         """
         attempts: list[tuple[str, str]] = []
         refused: set[str] = set()
+        solo = False
         budget: int | None = None
         while True:
             sources = [s for s in self.plan.sources(dl.extra) if s.name not in refused]
-            budget = len(sources) if budget is None else budget - 1
+            budget = len(sources) + 1 if budget is None else budget - 1
             if budget <= 0:
                 raise UpstreamError(str(dl.rp), attempts)
-            await self._transfer(dl, sources, attempts)
+            await self._transfer(dl, sources, attempts, solo)
             first = await sig_task
             check, dl.check = dl.check, None
             try:
@@ -265,9 +268,11 @@ class Downloader:
                     self._source_named(sources, name).failed(f"sent a bad {dl.rp.filename}")
                 if len(dl.sources) == 1:
                     refused.update(dl.sources)
+                else:
+                    solo = True
                 attempts.append((", ".join(dl.sources), "bytes failed the sha256"))
                 log.warning("%s; trying the next source", e)
-                await self._new_attempt(dl, first)
+                await self._new_attempt(dl)
                 continue
             for name in dl.sources:
                 self._source_named(sources, name).succeeded()
@@ -277,8 +282,11 @@ class Downloader:
     def _source_named(sources: list[Source], name: str) -> Source:
         return next(s for s in sources if s.name == name)
 
-    async def _new_attempt(self, dl: Download, first: Signed | None) -> None:
-        """Throw the bad bytes away (recording what cut readers got) and start afresh."""
+    async def _new_attempt(self, dl: Download) -> None:
+        """Throw the bytes away (recording what cut readers got) and start afresh."""
+        if dl.check is not None:
+            dl.check.abort()
+            dl.check = None
         await self._record_cuts(dl)
         old_fd, old_path = dl.fd, dl.path
         dl.fd, dl.path = self.store.new_temp(dl.rp.filename)
@@ -288,8 +296,8 @@ class Downloader:
         dl.sources = []
         os.close(old_fd)
         old_path.unlink(missing_ok=True)
-        if first is not None:
-            self._start_check(dl, first)
+        if dl.first is not None:
+            self._start_check(dl, dl.first)
         dl.notify()
 
     async def _record_cuts(self, dl: Download) -> None:
@@ -336,9 +344,10 @@ class Downloader:
     # -- filling the file from sources -----------------------------------------------------
 
     async def _transfer(
-        self, dl: Download, sources: list[Source], attempts: list[tuple[str, str]]
+        self, dl: Download, sources: list[Source], attempts: list[tuple[str, str]], solo: bool
     ) -> None:
-        """Fill the temp file from ``sources`` in order, each continuing at the offset."""
+        """Fill the temp file from ``sources`` in order, each continuing at the offset
+        (or, ``solo``, each starting over where the previous one failed)."""
         status = 502
         not_found = 0
         tried = 0
@@ -357,6 +366,8 @@ class Downloader:
                 if e.status == 404:
                     not_found += 1
                 log.warning("%s from %s: %s", dl.rp.filename, source.name, e)
+                if solo and dl.written:
+                    await self._new_attempt(dl)
         if dl.written < dl.size:
             if tried and not_found == tried:
                 status = 404
@@ -418,4 +429,4 @@ class Downloader:
         dl.notify()
 
 
-__all__ = ["HOLDBACK", "Download", "DownloadFailed", "Downloader", "SignatureUncheckable"]
+__all__ = ["HOLDBACK", "Download", "DownloadFailed", "Downloader"]

@@ -1,0 +1,324 @@
+"""The fetch pipeline with in-memory sources: an honest one, a liar, a staller, a truncator.
+
+Milliseconds, no HTTP, no gpg: the verifier here accepts exactly one signature (``GOOD``),
+so what is tested is the pipeline's own logic — the order of sources, continuing at the
+offset, the verify window, the hold-back, admission and the one commit event. Real gpg,
+real mirrors and the real pacman are in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from pacswarm.config import Config
+from pacswarm.events import Committed, NodeEvents
+from pacswarm.fetch.admit import Admission
+from pacswarm.fetch.download import HOLDBACK, Downloader, DownloadFailed, State
+from pacswarm.fetch.plan import SourcePlan
+from pacswarm.fetch.source import CacheSource, SourceFault, Want
+from pacswarm.repodb import PackageRecord
+from pacswarm.requestpath import FileKind, RequestPath
+from pacswarm.store import Store
+from pacswarm.upstream import Upstream
+from pacswarm.verify import Verdict
+
+T = TypeVar("T")
+GOOD = b"good signature"
+SIZE = 300 * 1024
+DATA = os.urandom(SIZE)
+RP = RequestPath("core", "x86_64", "foo-1.0-1-x86_64.pkg.tar.zst", FileKind.PACKAGE)
+
+
+def _record(signature: bytes = GOOD) -> PackageRecord:
+    return PackageRecord(
+        filename=RP.filename,
+        name="foo",
+        version="1.0-1",
+        csize=SIZE,
+        sha256=hashlib.sha256(DATA).hexdigest(),
+        pgpsig=signature,
+    )
+
+
+class _Check:
+    def __init__(self, signature: bytes) -> None:
+        self.signature = signature
+        self.aborted = False
+
+    def advance(self, available: int) -> None:
+        pass
+
+    def finish(self, size: int) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    async def verdict(self) -> Verdict:
+        return _verdict(self.signature)
+
+
+def _verdict(signature: bytes) -> Verdict:
+    if signature == GOOD:
+        return Verdict(True, "trusted")
+    return Verdict(False, "signature is of unknown trust")
+
+
+class _Verifier:
+    def start(self, signature: bytes, data: Path) -> _Check:
+        return _Check(signature)
+
+    async def verify(self, data: Path, signature: bytes) -> Verdict:
+        return _verdict(signature)
+
+
+@dataclass
+class Memory:
+    """A source that serves ``data`` (maybe a lie), optionally stopping or stalling at a byte."""
+
+    name: str
+    data: bytes = DATA
+    stop_at: int | None = None  # close the stream here (a truncation)
+    stall_at: int | None = None  # stop sending here, connection open (a stall)
+    piece: int = 16 * 1024
+    delay: float = 0.0
+    asked: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    successes: int = 0
+
+    def can_deliver(self, want: Want, offset: int) -> bool:
+        return True
+
+    async def stream(self, want: Want, offset: int) -> AsyncIterator[bytes]:
+        self.asked.append(offset)
+        pos = offset
+        while pos < len(self.data):
+            if self.stop_at is not None and pos >= self.stop_at:
+                return
+            if self.stall_at is not None and pos >= self.stall_at:
+                await asyncio.sleep(3600)
+            end = min(pos + self.piece, len(self.data))
+            if self.stop_at is not None:
+                end = min(end, max(self.stop_at, pos + 1))
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield self.data[pos:end]
+            pos = end
+
+    def failed(self, reason: str) -> None:
+        self.failures.append(reason)
+
+    def succeeded(self) -> None:
+        self.successes += 1
+
+
+def _liar(name: str = "liar", **kw: object) -> Memory:
+    bad = bytearray(DATA)
+    bad[SIZE // 2] ^= 0xFF
+    return Memory(name, bytes(bad), **kw)  # type: ignore[arg-type]
+
+
+@dataclass
+class World:
+    store: Store
+    downloader: Downloader
+    committed: list[Committed]
+    evicted: list[RequestPath]
+
+
+def _run(tmp_path: Path, body: Callable[[World], Awaitable[T]]) -> T:
+    async def main() -> T:
+        config = Config(data_dir=tmp_path, stall_timeout=0.3, min_speed=1024)
+        store = Store(tmp_path)
+        store.open()
+        upstream = Upstream([], config)  # no mirrors: only the sources a test names
+        events = NodeEvents()
+        committed: list[Committed] = []
+        evicted: list[RequestPath] = []
+        events.committed.subscribe(committed.append)
+        plan = SourcePlan(
+            lambda: CacheSource(store.cache_path, evicted.append), upstream, lambda n, t: False
+        )
+        admission = Admission(store, upstream, _Verifier(), events)
+        downloader = Downloader(store, plan, admission, config)
+        try:
+            return await asyncio.wait_for(body(World(store, downloader, committed, evicted)), 10)
+        finally:
+            await downloader.close()
+            store.close()
+
+    return asyncio.run(main())
+
+
+async def _read(dl_follow: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in dl_follow])
+
+
+def test_an_honest_source_is_committed_once(tmp_path: Path) -> None:
+    honest = Memory("honest")
+
+    async def body(w: World) -> Path:
+        return await w.downloader.fetch(Want(RP, _record()), [honest])
+
+    world: list[World] = []
+    path = _run(tmp_path, lambda w: (world.append(w), body(w))[1])
+    assert path.read_bytes() == DATA
+    assert [c.rp for c in world[0].committed] == [RP]
+    assert world[0].committed[0].sources == ("honest",)
+    assert honest.successes == 1 and not honest.failures
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_a_liar_is_replaced_inside_the_window_and_the_reader_sees_only_good_bytes(
+    tmp_path: Path,
+) -> None:
+    liar, honest = _liar(), Memory("honest")
+
+    async def body(w: World) -> tuple[bytes, list[State]]:
+        dl = w.downloader.get_or_start(Want(RP, _record()), [liar, honest])
+        states: list[State] = []
+        window_ends = asyncio.get_running_loop().time() + 5.0
+        got = bytearray()
+        async for chunk in dl.follow(0, SIZE, window_ends):
+            states.append(dl.state)
+            got += chunk
+        return bytes(got), states
+
+    got, states = _run(tmp_path, body)
+    assert got == DATA
+    assert set(states) == {State.VERIFIED}  # not one byte before admission
+    assert liar.failures and "bad" in liar.failures[0]
+    assert honest.asked == [0]  # the liar's bytes were thrown away: start again
+
+
+def test_a_truncating_source_is_continued_at_its_offset(tmp_path: Path) -> None:
+    cut, honest = Memory("cut", stop_at=100_000), Memory("honest")
+
+    async def body(w: World) -> Path:
+        return await w.downloader.fetch(Want(RP, _record()), [cut, honest])
+
+    assert _run(tmp_path, body).read_bytes() == DATA
+    assert honest.asked == [100_000]
+    assert cut.failures and "closed at byte 100000" in cut.failures[0]
+
+
+def test_a_stalling_source_is_left_for_the_next_at_its_offset(tmp_path: Path) -> None:
+    staller, honest = Memory("staller", stall_at=64 * 1024), Memory("honest")
+
+    async def body(w: World) -> Path:
+        return await w.downloader.fetch(Want(RP, _record()), [staller, honest])
+
+    assert _run(tmp_path, body).read_bytes() == DATA
+    assert honest.asked == [64 * 1024]
+    assert staller.failures and "stalled" in staller.failures[0]
+
+
+def test_a_truncating_liar_and_an_honest_source_end_with_the_honest_file(tmp_path: Path) -> None:
+    """The first file is made of both sources' bytes; the retry starts with the honest one."""
+    liar = _liar(stop_at=SIZE // 2 + 1024)
+    honest = Memory("honest")
+
+    async def body(w: World) -> Path:
+        return await w.downloader.fetch(Want(RP, _record()), [liar, honest])
+
+    assert _run(tmp_path, body).read_bytes() == DATA
+
+
+def test_without_window_the_hold_back_keeps_the_tail_and_a_failure_cuts(tmp_path: Path) -> None:
+    liar = _liar(delay=0.001)
+
+    async def body(w: World) -> tuple[int, str, bool]:
+        dl = w.downloader.get_or_start(Want(RP, _record()), [liar])
+        got = 0
+        try:
+            async for chunk in dl.follow(0, SIZE, window_ends=0.0):
+                got += len(chunk)
+        except DownloadFailed as e:
+            return got, str(e), w.downloader.cuts.known(Want(RP, _record()).key)
+        raise AssertionError("the reader was not cut")
+
+    got, reason, recorded = _run(tmp_path, body)
+    assert 0 < got <= SIZE - HOLDBACK  # bytes streamed, the tail never
+    assert "verification" in reason or "sha256" in reason
+    assert recorded  # what the cut transfer sent is kept to judge pacman's resume
+    assert not (tmp_path / "cache" / "core").exists() or not list(
+        (tmp_path / "cache/core/x86_64").iterdir()
+    )
+
+
+def test_every_source_lying_fails_and_caches_nothing(tmp_path: Path) -> None:
+    liars = [_liar("liar1"), _liar("liar2")]
+
+    async def body(w: World) -> str:
+        with pytest.raises(DownloadFailed) as failed:
+            await w.downloader.fetch(Want(RP, _record()), liars)
+        return str(failed.value)
+
+    reason = _run(tmp_path, body)
+    assert "liar1" in reason and "liar2" in reason
+    assert all(liar.failures for liar in liars)
+    assert not list((tmp_path / "tmp").iterdir())
+    assert not Path(tmp_path / "cache/core/x86_64" / RP.filename).exists()
+
+
+def test_a_signature_the_keyring_does_not_trust_is_final(tmp_path: Path) -> None:
+    """The bytes are the db's; no other source can change the signature: no refetch."""
+    first, second = Memory("first"), Memory("second")
+
+    async def body(w: World) -> str:
+        with pytest.raises(DownloadFailed) as failed:
+            await w.downloader.fetch(Want(RP, _record(b"rogue")), [first, second])
+        return str(failed.value)
+
+    assert "unknown trust" in _run(tmp_path, body)
+    assert second.asked == []
+
+
+def test_a_reader_joining_after_the_commit_reads_the_cached_file(tmp_path: Path) -> None:
+    honest = Memory("honest")
+
+    async def body(w: World) -> bytes:
+        dl = w.downloader.get_or_start(Want(RP, _record()), [honest])
+        await asyncio.shield(dl.done)  # committed: the temp file is renamed away
+        return await _read(dl.follow(0, SIZE, 0.0))
+
+    assert _run(tmp_path, body) == DATA
+
+
+def test_the_cache_source_serves_and_bit_rot_is_dropped(tmp_path: Path) -> None:
+    """A rotten cached copy fails admission: it is evicted and the next source serves."""
+    honest = Memory("honest")
+
+    async def body(w: World) -> tuple[bytes, list[RequestPath]]:
+        rotten = w.store.cache_path(RP)
+        rotten.parent.mkdir(parents=True)
+        rotten.write_bytes(_liar().data)
+        path = await w.downloader.fetch(Want(RP, _record()), [honest])
+        return path.read_bytes(), w.evicted
+
+    data, evicted = _run(tmp_path, body)
+    assert data == DATA
+    assert evicted == [RP]
+
+
+def test_source_faults_name_the_source(tmp_path: Path) -> None:
+    class Refuses(Memory):
+        async def stream(self, want: Want, offset: int) -> AsyncIterator[bytes]:
+            raise SourceFault("HTTP 503")
+            yield b""  # pragma: no cover - makes this an async generator
+
+    refuses, honest = Refuses("refuses"), Memory("honest")
+
+    async def body(w: World) -> Path:
+        return await w.downloader.fetch(Want(RP, _record()), [refuses, honest])
+
+    assert _run(tmp_path, body).read_bytes() == DATA
+    assert refuses.failures == ["HTTP 503"]
