@@ -167,6 +167,7 @@ def test_config_keys_lists_every_toml_key() -> None:
         "mirrors",
         "p2p_listen",
         "stall_timeout",
+        "verify_window",
     ]
 
 
