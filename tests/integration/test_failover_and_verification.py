@@ -98,7 +98,7 @@ def test_first_run_succeeds_when_the_first_mirror_lies(
     result = pacman.run("-S", name)
     assert result.returncode == 0, result.stdout + node.log()
     assert (pacman.cachedir / pkg.filename).read_bytes() == pkg.path.read_bytes()
-    assert _cached(node, pkg.repo, pkg.filename).read_bytes() == pkg.path.read_bytes()
+    assert node.wait_cached(pkg.filename).read_bytes() == pkg.path.read_bytes()
     cached_sig = _cached(node, pkg.repo, pkg.filename + ".sig")
     assert cached_sig.read_bytes() == pkg.sig_path.read_bytes()
     assert _penalised(node, mirror), node.log()

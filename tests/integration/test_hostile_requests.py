@@ -13,15 +13,22 @@ from tests.support.testrepo import TestRepo
 
 
 def _raw(port: int, request: bytes, timeout: float = 10) -> bytes:
-    """Send bytes as they are (no client-side path normalisation); return the reply."""
+    """Send bytes as they are (no client-side path normalisation); return the reply.
+
+    The node must answer and close (or reset) within ``timeout``: a node that hangs fails
+    the test instead of passing with an empty reply.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)
         chunks = []
         try:
             while chunk := s.recv(65536):
                 chunks.append(chunk)
-        except (ConnectionResetError, TimeoutError):
+        except ConnectionResetError:
             pass
+        except TimeoutError:
+            got = b"".join(chunks)[:200]
+            raise AssertionError(f"no complete reply within {timeout} s (got {got!r})") from None
         return b"".join(chunks)
 
 

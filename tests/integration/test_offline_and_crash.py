@@ -44,7 +44,8 @@ def test_kill_9_mid_download_leaves_no_partial_file(
     path = f"/core/os/x86_64/{bigpkg.filename}"
     # The mirror sends 3 MiB then stalls: the download is mid-way when the node dies.
     mirror.set_fault("stall", bigpkg.filename, after_bytes=3 << 20)
-    node = make_node([mirror.url_template], extra_config="")
+    # No verify window: the client must be receiving bytes while the download is mid-way.
+    node = make_node([mirror.url_template], extra_config="verify_window = 0\n")
     assert node.get("/core/os/x86_64/core.db")[0] == 200
     client = urllib.request.urlopen(node.base_url + path, timeout=30)
     client.read(1 << 20)
@@ -94,7 +95,7 @@ def test_sigterm_during_a_download_stops_promptly(
 ) -> None:
     bigpkg = test_repo.packages["bigpkg"]
     mirror.set_fault("slow", bigpkg.filename, after_bytes=1 << 20)
-    node = make_node([mirror.url_template])
+    node = make_node([mirror.url_template], extra_config="verify_window = 0\n")
     assert node.get("/core/os/x86_64/core.db")[0] == 200
     client = urllib.request.urlopen(f"{node.base_url}/core/os/x86_64/{bigpkg.filename}", timeout=30)
     client.read(64 * 1024)

@@ -90,7 +90,8 @@ def test_range_request_resumes_inside_and_after_download(
     assert status == 206
     assert body == data[1000000:]
     assert headers["Content-Range"] == f"bytes 1000000-{len(data) - 1}/{len(data)}"
-    # Cached: same answer from the file.
+    # Cached (once the commit is done: the last byte goes out just before it).
+    node.wait_cached(pkg.filename)
     status, _, body = node.get(path, {"Range": "bytes=5-9"})
     assert (status, body) == (206, data[5:10])
     status, _, _ = node.get(path, {"Range": f"bytes={len(data) + 10}-"})

@@ -55,7 +55,7 @@ def test_frozen_db_is_reported(mirror: MirrorServer, make_node: NodeFactory) -> 
     assert "may be frozen" in node.log()
 
 
-def test_files_outside_any_db_pass_through_uncached(
+def test_files_outside_any_db_pass_through_but_packages_never(
     test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory
 ) -> None:
     repo_dir = mirror.root / "core/os/x86_64"
@@ -65,8 +65,10 @@ def test_files_outside_any_db_pass_through_uncached(
     node = make_node([mirror.url_template])
     assert node.get("/core/os/x86_64/core.db")[0] == 200
     assert node.get("/core/os/x86_64/lastupdate")[2] == b"1790000000\n"
+    # A package no db lists cannot be verified: refused (pacman moves on), never relayed.
     status, _, body = node.get("/core/os/x86_64/stray-1.0-1-x86_64.pkg.tar.zst")
-    assert (status, body) == (200, stray)
+    assert status == 404 and b"cannot be verified" in body
+    assert mirror.hits("stray-1.0-1-x86_64.pkg.tar.zst") == 0
     assert not node.cached_files()
 
 

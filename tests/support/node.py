@@ -139,6 +139,17 @@ class PacswarmNode:
         cache = self.data_dir / "cache"
         return sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
 
+    def wait_cached(self, filename: str, timeout: float = 10.0) -> Path:
+        """The cached file once committed. pacman's last byte goes out just before the
+        commit's rename, so a test that checks the cache right after a download waits here."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for path in self.cached_files():
+                if path.name == filename:
+                    return path
+            time.sleep(0.05)
+        raise AssertionError(f"{filename} was not cached within {timeout} s:\n{self.log()}")
+
     def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 30):
         """(status, headers, body) of a GET; HTTP errors are returned, not raised."""
         req = urllib.request.Request(self.base_url + path, headers=headers or {})
