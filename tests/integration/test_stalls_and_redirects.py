@@ -1,0 +1,107 @@
+"""Mirrors that stall on small files, and mirrors that redirect where they should not."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.integration.conftest import NodeFactory, PacmanFactory
+from tests.support.dbedit import strip_pgpsig
+from tests.support.mirror import MirrorServer
+from tests.support.testrepo import TestRepo
+
+
+def test_a_stalled_signature_fetch_moves_to_the_next_mirror(
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    """No %PGPSIG% in the db: the .sig comes from a mirror; mirror 1 sends headers, then
+    nothing. The read timeout moves pacswarm on, inside pacman's patience."""
+    for m in (mirror, mirror2):
+        for repo in ("core", "extra"):
+            strip_pgpsig(m.root / repo / "os/x86_64", repo)
+    mirror.set_fault("stall", "*.pkg.tar.zst.sig")
+    node = make_node([mirror.url_template, mirror2.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    result = pacman.run("-S", "libgreet", timeout=60)
+    assert result.returncode == 0, result.stdout + node.log()
+    assert f"mirror {mirror.url_template} failed" in node.log()
+    sig = test_repo.packages["libgreet"].filename + ".sig"
+    assert mirror2.hits(sig) >= 1
+
+
+def test_a_pass_through_that_stalls_is_cut_not_held_forever(
+    mirror: MirrorServer, make_node: NodeFactory
+) -> None:
+    (mirror.root / "core/os/x86_64/lastupdate").write_text("1790000000\n")
+    mirror.set_fault("stall", "lastupdate")
+    node = make_node([mirror.url_template])
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+        s.sendall(b"GET /core/os/x86_64/lastupdate HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass
+    elapsed = time.monotonic() - started
+    # Headers went out, the body never came: the node cut the connection at its read
+    # timeout (stall_timeout = 2 s in tests) instead of leaving the client hanging.
+    assert reply.startswith(b"HTTP/1.1 200") and not reply.endswith(b"1790000000\n")
+    assert elapsed < 15, elapsed
+    assert "pass-through of /core/os/x86_64/lastupdate cut" in node.log()
+    assert node.get("/")[0] == 200
+
+
+class _Redirector(BaseHTTPRequestHandler):
+    target = ""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.target + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def redirector(mirror: MirrorServer) -> Iterator[str]:
+    """A 'mirror' on 127.0.0.1 that redirects every request to the real mirror as localhost."""
+    handler = type("H", (_Redirector,), {"target": f"http://localhost:{mirror.port}"})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/$repo/os/$arch"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_redirect_to_another_host_is_refused_and_the_next_mirror_serves(
+    test_repo: TestRepo,
+    redirector: str,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    node = make_node([redirector, mirror2.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    assert pacman.run("-S", "hello").returncode == 0
+    assert "redirect to another host (localhost) refused" in node.log()
+    assert mirror.hits("core.db") == 0  # never followed
+    assert mirror2.hits("core.db") >= 1
