@@ -21,14 +21,18 @@ Two different failures, two different remedies (the download acts on them):
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pacswarm.errors import IntegrityError, SignatureUncheckable, VerificationError
+from pacswarm.errors import (
+    IntegrityError,
+    SignatureUncheckable,
+    UpstreamError,
+    VerificationError,
+)
 from pacswarm.events import Committed, NodeEvents
-from pacswarm.fetch.mirrors import MAX_SIGNATURE, check_status, read_body
+from pacswarm.fetch.mirrors import MAX_SIGNATURE, check_status, each_mirror, read_body
 from pacswarm.fetch.source import Want
 from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.sigstream import SignatureCheck
@@ -108,27 +112,18 @@ class Admission:
         """The signature to check first: the db's, else the first mirror's ``.sig``."""
         if want.record.pgpsig is not None:
             return Signed(want.record.pgpsig, None)
-        async for signed in self._mirror_signatures(want, skip=()):
-            return signed
-        return None
+        try:
+            return await each_mirror(
+                self.upstream, str(sig_path(want.rp)), lambda m: self._fetch_sig(want, m)
+            )
+        except UpstreamError as e:
+            log.warning("%s", e)
+            return None
 
-    async def _mirror_signatures(self, want: Want, skip: tuple[str, ...]) -> AsyncIterator[Signed]:
-        """Each mirror's ``.sig`` in health order (mirrors in ``skip`` left out)."""
-        rp = sig_path(want.rp)
-        for mirror in self.upstream.candidates():
-            if mirror in skip:
-                continue
-            try:
-                async with self.upstream.open(mirror, rp) as resp:
-                    check_status(resp, 200)
-                    data = await read_body(resp, MAX_SIGNATURE)
-            except MirrorFault as e:
-                if e.penalise:
-                    self.upstream.failed(mirror, f"{rp.filename}: {e}")
-                else:
-                    log.info("no %s on %s (%s)", rp.filename, mirror, e)
-                continue
-            yield Signed(data, mirror)
+    async def _fetch_sig(self, want: Want, mirror: str) -> Signed:
+        async with self.upstream.open(mirror, sig_path(want.rp)) as resp:
+            check_status(resp, 200)
+            return Signed(await read_body(resp, MAX_SIGNATURE), mirror)
 
     # -- the decision ------------------------------------------------------------------
 
@@ -164,17 +159,25 @@ class Admission:
             return first
         if first.provider is None:  # the db's own signature: pacman would use it too
             raise BadSignature(f"{want.rp.filename}: {verdict.reason} (the db's %PGPSIG%)")
-        reasons = [f"{first.provider}: {verdict.reason}"]
         self.upstream.failed(first.provider, f"bad {want.rp.filename}.sig: {verdict.reason}")
-        async for other in self._mirror_signatures(want, skip=(first.provider,)):
-            verdict = await self._verdict(want, file, other, None)
-            if verdict.ok:
-                log.info("%s: the .sig of %s is good", want.rp.filename, other.provider)
-                return other
-            assert other.provider is not None
-            reasons.append(f"{other.provider}: {verdict.reason}")
-            self.upstream.failed(other.provider, f"bad {want.rp.filename}.sig: {verdict.reason}")
-        raise BadSignature(f"{want.rp.filename}: no trusted signature ({'; '.join(reasons)})")
+
+        async def other_mirror(mirror: str) -> Signed:
+            """The next mirror's ``.sig``, checked on the same bytes; a bad one is its fault."""
+            if mirror == first.provider:
+                raise MirrorFault("its .sig was checked first", penalise=False)
+            other = await self._fetch_sig(want, mirror)
+            checked = await self._verdict(want, file, other, None)
+            if not checked.ok:
+                raise MirrorFault(f"bad {want.rp.filename}.sig: {checked.reason}")
+            return other
+
+        try:
+            return await each_mirror(self.upstream, str(sig_path(want.rp)), other_mirror)
+        except UpstreamError as e:
+            raise BadSignature(
+                f"{want.rp.filename}: no trusted signature ({first.provider}: "
+                f"{verdict.reason}; {e})"
+            ) from None
 
     async def _verdict(
         self, want: Want, file: Path, signed: Signed, check: StreamingCheck | None

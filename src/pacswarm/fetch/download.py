@@ -37,6 +37,7 @@ import aiohttp
 from pacswarm.config import Config
 from pacswarm.errors import NoSpaceError, UpstreamError, VerificationError
 from pacswarm.fetch.admit import Admission, BadBytes, Signed, StreamingCheck
+from pacswarm.fetch.mirrors import final_status
 from pacswarm.fetch.plan import SourcePlan
 from pacswarm.fetch.resume import Cut, CutTransfers, digest_range
 from pacswarm.fetch.source import Source, SourceFault, Want
@@ -348,7 +349,6 @@ class Downloader:
     ) -> None:
         """Fill the temp file from ``sources`` in order, each continuing at the offset
         (or, ``solo``, each starting over where the previous one failed)."""
-        status = 502
         not_found = 0
         tried = 0
         for source in sources:
@@ -369,9 +369,7 @@ class Downloader:
                 if solo and dl.written:
                     await self._new_attempt(dl)
         if dl.written < dl.size:
-            if tried and not_found == tried:
-                status = 404
-            raise UpstreamError(str(dl.rp), attempts, status)
+            raise UpstreamError(str(dl.rp), attempts, final_status(tried, not_found))
 
     async def _pull_watched(self, dl: Download, source: Source) -> None:
         """:meth:`_pull` under a watchdog: too few bytes in a window means a stall."""

@@ -47,8 +47,12 @@ async def each_mirror(upstream: Upstream, what: str, attempt: Callable[[str], Aw
             continue
         upstream.succeeded(mirror)
         return result
-    status = 404 if attempts and not_found == len(attempts) else 502
-    raise UpstreamError(what, attempts, status)
+    raise UpstreamError(what, attempts, final_status(len(attempts), not_found))
+
+
+def final_status(tried: int, not_found: int) -> int:
+    """What the user sees when every source failed: 404 only if each one said "not found"."""
+    return 404 if tried and not_found == tried else 502
 
 
 def check_status(resp: aiohttp.ClientResponse, *ok: int) -> None:
