@@ -134,7 +134,8 @@ class SignatureCheck:
         finally:
             self._sig.unlink(missing_ok=True)
             self._reap()
-        self._loop.call_soon_threadsafe(self._resolve, verdict)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody awaits us
+            self._loop.call_soon_threadsafe(self._resolve, verdict)
 
     def _resolve(self, verdict: Verdict) -> None:
         if not self._future.done():

@@ -75,7 +75,10 @@ def signature_problem(signature: bytes) -> str | None:
     or compressed ``.sig``, but no Arch mirror serves one. These are the sender's fault.
     """
     if not signature:
-        return "no signature available (neither %PGPSIG% in the db nor a .sig)"
+        return (
+            "no signature to check (an empty .sig, or a %PGPSIG% in the db that is empty or "
+            "not base64: pacman refuses those too)"
+        )
     if len(signature) > MAX_SIGNATURE_BYTES:
         return (
             f"signature is {len(signature)} bytes, more than the {MAX_SIGNATURE_BYTES} "

@@ -35,18 +35,20 @@ def strip_pgpsig(repo_dir: Path, repo: str) -> None:
         os.utime(path, (stat.st_atime, stat.st_mtime))
 
 
-def replace_pgpsig(repo_dir: Path, repo: str, filename: str, signature: bytes) -> None:
+def replace_pgpsig(repo_dir: Path, repo: str, filename: str, signature: bytes | str) -> None:
     """Put ``signature`` in the ``%PGPSIG%`` of the entry for package ``filename`` only.
 
     Models a db whose embedded signature is wrong (another package's, a rogue key's) while
     the ``.sig`` file beside the package stays good: pacman checks the db's signature first.
+    Bytes are base64-encoded as repo-add does; a ``str`` is written as is (not base64, say).
     """
+    text = signature if isinstance(signature, str) else base64.b64encode(signature).decode()
 
     def edit(blocks: list[str]) -> list[str]:
         if f"%FILENAME%\n{filename}" not in blocks:
             return blocks
         kept = [b for b in blocks if not b.startswith("%PGPSIG%")]
-        return [*kept, f"%PGPSIG%\n{base64.b64encode(signature).decode()}"]
+        return [*kept, f"%PGPSIG%\n{text}"]
 
     _edit_descs(repo_dir, repo, edit)
 

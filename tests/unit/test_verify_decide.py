@@ -358,7 +358,7 @@ def _compressed(body: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("signature", "reason"),
     [
-        pytest.param(b"", "no signature available", id="empty"),
+        pytest.param(b"", "no signature to check", id="empty"),
         pytest.param(REAL_SIG * 200, "more than the 16384", id="oversized"),
         # 1 KB that gpg unpacks into 10,000 signatures: 0.6 s of gpg, 16 KiB would be hours
         pytest.param(_compressed(ROGUE_BYTES * 10_000), "compressed", id="compression-bomb"),
