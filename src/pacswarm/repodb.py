@@ -37,7 +37,8 @@ class PackageRecord:
     version: str
     csize: int  # size of the package file, bytes
     sha256: str  # hex, lowercase
-    pgpsig: bytes | None  # detached signature from %PGPSIG%, if the db carries one
+    #: detached signature from %PGPSIG%, if the db carries one; b"" if it is not base64
+    pgpsig: bytes | None
     arch: str = ""
 
 
@@ -104,7 +105,9 @@ def record_from_desc(fields: dict[str, list[str]]) -> PackageRecord | None:
         try:
             sig = base64.b64decode("".join(fields["PGPSIG"]), validate=True)
         except (binascii.Error, ValueError):
-            sig = None
+            # Present but unreadable: pacman refuses the package ("missing required
+            # signature") and never falls back to the .sig, so neither may we.
+            sig = b""
     return PackageRecord(
         filename=filename,
         name=(fields.get("NAME") or [""])[0],

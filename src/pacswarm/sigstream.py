@@ -9,6 +9,14 @@ hashes in parallel with the transfer. Its verdict is ready moments after the las
 The asyncio side only calls :meth:`SignatureCheck.advance` (cheap, thread-safe) and awaits
 :meth:`SignatureCheck.verdict`; the thread never touches asyncio objects except through
 ``call_soon_threadsafe``.
+
+Bounds. A signature that :func:`~pacswarm.verify.signature_problem` refuses never reaches gpg
+(the verdict is ready at once, the sender's fault). What gpg is then asked to do costs
+milliseconds beyond hashing, so a gpg that stops reading its input for
+:data:`GPG_STALL_TIMEOUT`, or has no verdict :data:`GPG_FINISH_TIMEOUT` after the last byte
+arrived, is stuck *here* (a wedged gpg-agent, a keyring lock, a broken install): it is killed
+and the verdict is ``local``, so no mirror is blamed for it. There is no bound from the start
+of the check: it lasts as long as the download, which has its own stall watchdog.
 """
 
 from __future__ import annotations
@@ -17,28 +25,63 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import select
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
-from pacswarm.verify import GPG_TIMEOUT, Verdict, gpg_verify_argv, verdict_from_gpg
+from pacswarm.verify import (
+    Verdict,
+    gpg_env,
+    gpg_verify_argv,
+    signature_problem,
+    stuck_reason,
+    verdict_from_gpg,
+)
 
 #: fcntl.F_SETPIPE_SZ (Linux; spelled out where the fcntl module lacks the name).
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+#: After the last byte, gpg has at most the pipe's 1 MiB left to hash (milliseconds) and the
+#: signatures to check. pacman gives up on a transfer 10 s without a byte and pacswarm holds
+#: the tail back until the verdict, so gpg must answer well inside that: a clear "gpg is
+#: stuck" beats pacman's "Operation too slow".
+GPG_FINISH_TIMEOUT = 8.0
+
+#: gpg not taking a single byte of a full pipe for this long, mid-download, is stuck. Generous:
+#: before its first read gpg may be rebuilding a due trustdb (seconds on Arch's keyring).
+GPG_STALL_TIMEOUT = 20.0
 
 
 class SignatureCheck:
     """One ``gpg --verify SIG -`` fed from a growing file."""
 
-    def __init__(self, gpgdir: Path, signature: bytes, data: Path) -> None:
+    def __init__(
+        self,
+        gpgdir: Path,
+        signature: bytes,
+        data: Path,
+        *,
+        finish_timeout: float = GPG_FINISH_TIMEOUT,
+        stall_timeout: float = GPG_STALL_TIMEOUT,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._future: asyncio.Future[Verdict] = self._loop.create_future()
         self._data = data
         self._cond = threading.Condition()
         self._available = 0
         self._final: int | None = None
+        self._finish_by: float | None = None
         self._aborted = False
+        self._finish_timeout = finish_timeout
+        self._stall_timeout = stall_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        problem = signature_problem(signature)
+        if problem is not None:
+            self._future.set_result(Verdict(False, problem))  # gpg never sees it
+            return
         fd, sig_name = tempfile.mkstemp(prefix=".sig-", dir=data.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(signature)
@@ -49,6 +92,7 @@ class SignatureCheck:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                env=gpg_env(),
             )
         except OSError:
             self._sig.unlink(missing_ok=True)
@@ -63,17 +107,19 @@ class SignatureCheck:
             self._cond.notify()
 
     def finish(self, size: int) -> None:
-        """The file is complete at ``size`` bytes: gpg gets EOF after them."""
+        """The file is complete at ``size`` bytes: gpg gets EOF after them, and its deadline."""
         with self._cond:
             self._available = self._final = size
+            self._finish_by = time.monotonic() + self._finish_timeout
             self._cond.notify()
 
     def abort(self) -> None:
         with self._cond:
             self._aborted = True
             self._cond.notify()
-        with contextlib.suppress(OSError):
-            self._proc.kill()
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
 
     async def verdict(self) -> Verdict:
         return await self._future
@@ -82,22 +128,53 @@ class SignatureCheck:
 
     def _run(self) -> None:
         try:
-            verdict = self._feed_then_decide()
+            verdict = self._feed() or self._decide()
         except Exception as e:  # any failure is a rejection, never a crash
             verdict = Verdict(False, f"signature check failed: {e}", local=True)
         finally:
             self._sig.unlink(missing_ok=True)
-        self._loop.call_soon_threadsafe(self._resolve, verdict)
+            self._reap()
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody awaits us
+            self._loop.call_soon_threadsafe(self._resolve, verdict)
 
     def _resolve(self, verdict: Verdict) -> None:
         if not self._future.done():
             self._future.set_result(verdict)
 
-    def _feed_then_decide(self) -> Verdict:
-        assert self._proc.stdin is not None
+    def _reap(self) -> None:
+        """gpg is gone when the thread ends, whatever happened (no zombie, no stray CPU)."""
+        assert self._proc is not None
+        if self._proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            self._proc.wait()
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()  # not read: a child of a killed gpg may still hold the other end
+
+    def _wait_budget(self) -> float:
+        """How long gpg may now take to accept bytes or answer: the stall or the deadline."""
+        with self._cond:
+            finish_by = self._finish_by
+        if finish_by is None:
+            return self._stall_timeout
+        return max(0.0, min(self._stall_timeout, finish_by - time.monotonic()))
+
+    def _stuck(self) -> Verdict:
+        with self._cond:
+            finished = self._finish_by is not None
+        seconds = self._finish_timeout if finished else self._stall_timeout
+        return Verdict(False, stuck_reason(seconds), local=True)
+
+    def _feed(self) -> Verdict | None:
+        """Feed gpg the file as it grows; a verdict only if feeding ended the check."""
+        assert self._proc is not None and self._proc.stdin is not None
         pipe = self._proc.stdin.fileno()
         with contextlib.suppress(OSError):  # fewer wake-ups of gpg per MiB; optional
             fcntl.fcntl(pipe, F_SETPIPE_SZ, 1 << 20)
+        os.set_blocking(pipe, False)  # a full pipe must not block us past the deadline
+        writable = select.poll()
+        writable.register(pipe, select.POLLOUT)
         src = os.open(self._data, os.O_RDONLY)
         pos = 0
         try:
@@ -109,23 +186,33 @@ class SignatureCheck:
                         return Verdict(False, "signature check aborted", local=True)
                     target, final = self._available, self._final
                 while pos < target:
-                    sent = os.sendfile(pipe, src, pos, target - pos)
+                    try:
+                        sent = os.sendfile(pipe, src, pos, target - pos)
+                    except BlockingIOError:
+                        if not writable.poll(self._wait_budget() * 1000):
+                            return self._stuck()
+                        continue
                     if sent == 0:
                         raise OSError("package file shorter than its download")
                     pos += sent
                 if final is not None and pos >= final:
-                    break
+                    return None
         except BrokenPipeError:
-            pass  # gpg stopped reading (it already knows the answer): read its verdict
+            return None  # gpg stopped reading (it already knows the answer): read its verdict
         finally:
             os.close(src)
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()
             self._proc.stdin = None  # communicate() must not flush the closed pipe
+
+    def _decide(self) -> Verdict:
+        """gpg's verdict on what it was fed, within the deadline that :meth:`finish` set."""
+        assert self._proc is not None
+        with self._cond:
+            if self._aborted:
+                return Verdict(False, "signature check aborted", local=True)
         try:
-            out, err = self._proc.communicate(timeout=GPG_TIMEOUT)
+            out, err = self._proc.communicate(timeout=self._wait_budget())
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.communicate()
-            return Verdict(False, f"gpg did not answer within {GPG_TIMEOUT:.0f} s", local=True)
+            return self._stuck()  # _reap kills it
         return verdict_from_gpg(out, err)

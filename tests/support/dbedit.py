@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -23,6 +25,45 @@ def strip_pgpsig(repo_dir: Path, repo: str) -> None:
             if data is not None and member.name.endswith("/desc"):
                 blocks = data.decode().split("\n\n")
                 data = "\n\n".join(b for b in blocks if not b.startswith("%PGPSIG%")).encode()
+                member.size = len(data)
+            new.addfile(member, io.BytesIO(data) if data is not None else None)
+    for name in (f"{repo}.db.tar.gz", f"{repo}.db"):
+        path = repo_dir / name
+        if path.is_symlink():
+            continue
+        path.write_bytes(out.getvalue())
+        os.utime(path, (stat.st_atime, stat.st_mtime))
+
+
+def replace_pgpsig(repo_dir: Path, repo: str, filename: str, signature: bytes | str) -> None:
+    """Put ``signature`` in the ``%PGPSIG%`` of the entry for package ``filename`` only.
+
+    Models a db whose embedded signature is wrong (another package's, a rogue key's) while
+    the ``.sig`` file beside the package stays good: pacman checks the db's signature first.
+    Bytes are base64-encoded as repo-add does; a ``str`` is written as is (not base64, say).
+    """
+    text = signature if isinstance(signature, str) else base64.b64encode(signature).decode()
+
+    def edit(blocks: list[str]) -> list[str]:
+        if f"%FILENAME%\n{filename}" not in blocks:
+            return blocks
+        kept = [b for b in blocks if not b.startswith("%PGPSIG%")]
+        return [*kept, f"%PGPSIG%\n{text}"]
+
+    _edit_descs(repo_dir, repo, edit)
+
+
+def _edit_descs(repo_dir: Path, repo: str, edit: Callable[[list[str]], list[str]]) -> None:
+    """Rewrite every ``desc`` of the db through ``edit`` (its ``%FIELD%`` blocks), mtimes kept."""
+    src = repo_dir / f"{repo}.db.tar.gz"
+    stat = src.stat()
+    out = io.BytesIO()
+    with tarfile.open(src, "r:gz") as old, tarfile.open(fileobj=out, mode="w:gz") as new:
+        for member in old:
+            data = old.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            if data is not None and member.name.endswith("/desc"):
+                blocks = [b.strip("\n") for b in data.decode().split("\n\n") if b.strip()]
+                data = ("\n\n".join(edit(blocks)) + "\n\n").encode()
                 member.size = len(data)
             new.addfile(member, io.BytesIO(data) if data is not None else None)
     for name in (f"{repo}.db.tar.gz", f"{repo}.db"):

@@ -69,9 +69,25 @@ def kill_agent(homedir: Path) -> None:
     )
 
 
-def generate_key(homedir: Path, uid: str) -> str:
-    """Generate an unprotected ed25519 signing key (fast, unlike RSA 4096); return its fpr."""
-    run_gpg(homedir, "--quick-generate-key", uid, "ed25519", "sign", "never")
+def _faked(faked_time: int | None) -> list[str]:
+    """gpg's clock set back to ``faked_time`` (epoch seconds), to make keys that expired."""
+    # --ignore-time-conflict: keys made "now" (the test master) may then sign in the past.
+    return (
+        []
+        if faked_time is None
+        else ["--faked-system-time", str(faked_time), "--ignore-time-conflict"]
+    )
+
+
+def generate_key(
+    homedir: Path, uid: str, *, expire: str = "never", faked_time: int | None = None
+) -> str:
+    """Generate an unprotected ed25519 signing key (fast, unlike RSA 4096); return its fpr.
+
+    ``expire`` is gpg's expiry (``never``, ``1d``, ...), counted from ``faked_time`` if given:
+    a key made ten days ago with ``1d`` is expired now, as an old packager key can be.
+    """
+    run_gpg(homedir, *_faked(faked_time), "--quick-generate-key", uid, "ed25519", "sign", expire)
     listing = run_gpg(homedir, "--with-colons", "--list-secret-keys", uid).stdout.decode()
     for line in listing.splitlines():
         fields = line.split(":")
@@ -80,9 +96,13 @@ def generate_key(homedir: Path, uid: str) -> str:
     raise RuntimeError(f"no fingerprint for {uid!r} in:\n{listing}")
 
 
-def certify(homedir: Path, signer_fpr: str, target_fpr: str) -> None:
+def certify(
+    homedir: Path, signer_fpr: str, target_fpr: str, *, faked_time: int | None = None
+) -> None:
     """Make ``signer`` certify ``target`` with an exportable signature (like Arch's master keys)."""
-    run_gpg(homedir, "--default-key", signer_fpr, "--quick-sign-key", target_fpr)
+    run_gpg(
+        homedir, *_faked(faked_time), "--default-key", signer_fpr, "--quick-sign-key", target_fpr
+    )
 
 
 def export_public(homedir: Path, fprs: list[str], dest: Path) -> Path:
@@ -91,11 +111,20 @@ def export_public(homedir: Path, fprs: list[str], dest: Path) -> Path:
     return dest
 
 
-def detach_sign(homedir: Path, fpr: str, file: Path, sig_out: Path) -> None:
+def detach_sign(
+    homedir: Path, fpr: str, file: Path, sig_out: Path, *, faked_time: int | None = None
+) -> None:
     """Write a binary detached signature, the format pacman expects in ``pkg.sig``."""
     # The trailing "!" forces exactly this key instead of letting gpg pick a subkey.
     run_gpg(
-        homedir, "--local-user", f"{fpr}!", "--output", str(sig_out), "--detach-sign", str(file)
+        homedir,
+        *_faked(faked_time),
+        "--local-user",
+        f"{fpr}!",
+        "--output",
+        str(sig_out),
+        "--detach-sign",
+        str(file),
     )
 
 

@@ -131,6 +131,27 @@ class Package:
 
 
 @dataclass(frozen=True)
+class Signer:
+    """An extra packager key made for one test (see :meth:`TestRepo.new_signer`).
+
+    ``sign_time`` is the (faked) clock its signatures are made at: ten days ago for an
+    expired key, so the signature itself predates the expiry, as on a real old package.
+    """
+
+    homedir: Path
+    fpr: str
+    key_file: Path
+    sign_time: int | None = None
+
+    def sign(self, file: Path, sig_out: Path) -> None:
+        """A detached binary signature of ``file`` by this key."""
+        try:
+            gpg.detach_sign(self.homedir, self.fpr, file, sig_out, faked_time=self.sign_time)
+        finally:
+            gpg.kill_agent(self.homedir)
+
+
+@dataclass(frozen=True)
 class TestRepo:
     """The mirror tree plus the keys needed to trust (or distrust) it."""
 
@@ -194,6 +215,28 @@ class TestRepo:
         # "unknown": keys present but nothing vouches for them.
         _pacman_key(dest, "--updatedb")
 
+    def new_signer(
+        self, dest: Path, name: str, *, certified: bool = True, expired: bool = False
+    ) -> Signer:
+        """A new packager key in a private copy of the build keyring, at ``dest``.
+
+        ``certified``: the test master certifies it, so a keyring made by
+        :meth:`make_pacman_gpgdir` trusts it fully once :func:`trust_key` imports it (a second
+        Arch packager). ``expired``: made ten days ago with a one-day expiry; master certifies
+        it then too, so it was valid when it signed and is only expired now.
+        """
+        home = gpg.copy_homedir(self.gnupghome, dest)
+        past = int(time.time()) - 10 * 86400 if expired else None
+        try:
+            uid = f"pacswarm {name} <{name}@pacswarm.test>"
+            fpr = gpg.generate_key(home, uid, expire="1d" if expired else "never", faked_time=past)
+            if certified:
+                gpg.certify(home, self.master_fpr, fpr, faked_time=past)
+            key_file = gpg.export_public(home, [fpr], dest.with_name(f"{dest.name}.gpg"))
+        finally:
+            gpg.kill_agent(home)
+        return Signer(homedir=home, fpr=fpr, key_file=key_file, sign_time=past)
+
     def sign(self, file: Path, sig_out: Path, *, key: str = "packager") -> None:
         """Write a detached binary signature of ``file`` by the packager or the rogue key."""
         fprs = {"packager": self.packager_fpr, "rogue": self.rogue_fpr}
@@ -233,6 +276,16 @@ class TestRepo:
         if cache.exists():
             for home in cache.iterdir():
                 gpg.kill_agent(home)
+
+
+def trust_key(gpgdir: Path, key_file: Path) -> None:
+    """Import ``key_file`` into a pacman keyring as ``pacman-key --add`` does, then recompute
+    validity (a key the master certified becomes fully valid; others stay unknown trust)."""
+    try:
+        _pacman_key(gpgdir, "--add", str(key_file))
+        _pacman_key(gpgdir, "--updatedb")
+    finally:
+        gpg.kill_agent(gpgdir)
 
 
 def _pacman_key(gpgdir: Path, *args: str) -> None:
