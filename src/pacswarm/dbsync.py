@@ -161,7 +161,7 @@ class RepoDbs:
             except (OSError, RepoDbError) as e:
                 log.warning("ignoring held db %s: %s", path, e)
                 continue
-            self._index[(repo, arch)] = _Index(db, min(db.newest_mtime, accepted, now))
+            self._index[(repo, arch)] = _Index(db, min(db.newest_mtime, int(accepted), int(now)))
 
     def lookup(self, repo: str, arch: str, filename: str) -> PackageRecord | None:
         held = self._index.get((repo, arch))
@@ -341,7 +341,9 @@ class RepoDbs:
         """Check the downloaded ``temp`` and make it the held copy, or raise MirrorFault."""
         not_after = now + MAX_CLOCK_SKEW
         if is_index_db(rp):
+            started = time.monotonic()
             db = await self._in_thread(parse_repo_db_file, temp, not_after)
+            took = time.monotonic() - started
             current = self._index.get((rp.repo, rp.arch)) if held.exists() else None
             if current is not None and db.newest_mtime < current.floor:
                 raise MirrorFault(
@@ -350,8 +352,14 @@ class RepoDbs:
                 )
             self._warn_if_frozen(mirror, rp, db, now)
             self._commit(temp, held, modified)
-            self._index[(rp.repo, rp.arch)] = _Index(db, min(db.newest_mtime, now))
-            log.info("updated %s from %s (%d packages)", rp, mirror, len(db.records))
+            self._index[(rp.repo, rp.arch)] = _Index(db, min(db.newest_mtime, int(now)))
+            log.info(
+                "updated %s from %s (%d packages, parsed in %.2f s)",
+                rp,
+                mirror,
+                len(db.records),
+                took,
+            )
             return
         if rp.filename.endswith(".files"):
             await self._in_thread(check_files_db_file, temp, not_after)

@@ -219,7 +219,8 @@ def _walk(
             mode="r|",
             tarinfo=_StrictTarInfo,
         ) as tar:
-            for member in tar:
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # stream mode would keep every TarInfo: 100,000 of them
                 count += 1
                 if count > limits.members:
                     raise RepoDbError(f"repo db has more than {limits.members} members")
