@@ -106,7 +106,6 @@ def test_pacman_syncs_arch_size_dbs_over_a_trickling_mirror(
     assert install.returncode == 0, install.stdout + node.log()
     assert pacman.installed_file("/usr/bin/extratool-pacswarm").exists()
     assert f"({big_extra.entries + 1} packages" in node.log()
-    print(*[line for line in node.log().splitlines() if "/extra.db" in line or "extra.files" in line], sep="\n")
 
 
 # -- bombs ---------------------------------------------------------------------------------------
