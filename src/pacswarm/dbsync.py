@@ -334,6 +334,10 @@ class RepoDbs:
                 return await asyncio.to_thread(fn, *args)
             except RepoDbError as e:
                 raise MirrorFault(str(e)) from None
+            except (ValueError, LookupError, ArithmeticError, UnicodeError) as e:
+                # A parser bug hostile input found: still that db's fault, but worth a trace.
+                log.exception("unexpected error while checking a db")
+                raise MirrorFault(f"sent a db that could not be read ({e!r})") from None
 
     async def _accept(
         self, mirror: str, rp: RequestPath, held: Path, temp: Path, modified: float, now: float

@@ -331,3 +331,28 @@ def test_a_files_db_is_checked_as_a_stream() -> None:
     assert (summary.members, summary.packages) == (4, 2)
     with pytest.raises(RepoDbError):
         repodb.check_files_db(io.BytesIO(b"<html>not a db</html>" * 30))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_long_folder_names_are_read_in_every_tar_format(fmt: int) -> None:
+    # > 100 characters: a GNU long-name header, a pax path, or the ustar prefix field.
+    folder = "python-" + "x" * 90 + "-1.0-1"
+    info = tarfile.TarInfo(f"{folder}/desc")
+    info.mtime = 1_700_000_123
+    db = parse_repo_db(tar_with((info, desc("long", "1.0-1").encode()), fmt=fmt))
+    assert list(db.records) == ["long-1.0-1-x86_64.pkg.tar.zst"]
+    assert db.newest_mtime == 1_700_000_123
+
+
+def test_pax_size_and_mtime_override_the_header() -> None:
+    info = tarfile.TarInfo("a-1-1/desc")
+    info.pax_headers = {"mtime": "1700000456.25", "comment": "made by hand"}
+    db = parse_repo_db(tar_with((info, desc("a", "1-1").encode())))
+    assert db.newest_mtime == 1_700_000_456
+
+
+def test_a_bad_header_checksum_is_a_corrupt_db() -> None:
+    raw = bytearray(make_tar(TWO_PACKAGES))
+    raw[600] ^= 0xFF  # inside the second header (the first desc), not its data
+    with pytest.raises(RepoDbError, match="not a valid tar"):
+        parse_repo_db(bytes(raw))
