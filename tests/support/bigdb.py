@@ -87,7 +87,7 @@ def fake_files(rng: random.Random, name: str) -> str:
     paths = ["usr/"]
     for d in rng.sample(_DIRS, 3):
         paths.append(f"{d}/")
-        paths.extend(f"{d}/{name}-{rng.choice(_WORDS)}{j}" for j in range(rng.randint(5, 40)))
+        paths.extend(f"{d}/{name}-{rng.choice(_WORDS)}{j}" for j in range(rng.randint(3, 16)))
     return "%FILES%\n" + "\n".join(paths) + "\n"
 
 

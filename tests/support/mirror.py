@@ -42,7 +42,7 @@ SLOW_RATE = 1024  # bytes per second for the "slow" fault
 #: "trickle": the body in pieces of 1-4 KiB with a short pause after each, as a congested
 #: link delivers it (a reader must not take the first piece for the whole body).
 TRICKLE_PIECES = (1024, 4096)
-TRICKLE_PAUSE = 0.0005
+TRICKLE_PAUSE = 0.0002
 _CHUNK = 64 * 1024
 _GARBAGE = os.urandom(_CHUNK)
 
