@@ -63,7 +63,7 @@ class LatencyProbe:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
+        while True:  # at least one probe, however quickly the run ends
             started = time.monotonic()
             try:
                 with urllib.request.urlopen(self.url, timeout=30) as resp:
@@ -72,6 +72,8 @@ class LatencyProbe:
                 pass  # counted as slow as it was
             self.worst = max(self.worst, time.monotonic() - started)
             self.count += 1
+            if self._stop.wait(0.05):
+                return
 
     def __enter__(self) -> LatencyProbe:
         self._thread.start()
