@@ -65,6 +65,9 @@ MAX_MEMBER = 32 * MiB
 MAX_PGPSIG = 8 * 1024
 #: pax extended headers and GNU long names are read whole: keep them small.
 MAX_HEADER = 64 * 1024
+#: Memory an xz decoder may use: its dictionary fills as it decompresses, so a header claiming
+#: a 1.5 GiB dictionary would hold up to the uncompressed cap in RAM. ``xz -9`` needs 65 MiB.
+XZ_MEMLIMIT = 96 * MiB
 
 _MEMBER_TYPES = (tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.AREGTYPE)
 #: Headers that describe the next member (pax, GNU long names); read whole, so capped.
@@ -158,6 +161,33 @@ class _CappedReader:
         return data
 
 
+class _XzReader:
+    """Like ``lzma.LZMAFile`` (concatenated streams too), with a memory limit it lacks."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.dec = lzma.LZMADecompressor(memlimit=XZ_MEMLIMIT)
+        self.pending = b""
+        self.streams = 1
+
+    def read(self, size: int) -> bytes:
+        while True:
+            if self.dec.eof:
+                self.pending = self.dec.unused_data or self.raw.read(_READ)
+                if not self.pending.strip(b"\0"):  # the end, or stream padding before it
+                    return b""
+                self.dec = lzma.LZMADecompressor(memlimit=XZ_MEMLIMIT)
+                self.streams += 1
+            if self.dec.needs_input and not self.pending:
+                self.pending = self.raw.read(_READ)
+                if not self.pending:
+                    raise EOFError("xz data ends before the end of its stream")
+            data = self.dec.decompress(self.pending, size)
+            self.pending = b""
+            if data:
+                return data
+
+
 def _decompressing(raw: BinaryIO) -> BinaryIO:
     """A stream of the decompressed db, compression detected by magic bytes like bsdtar."""
     magic = raw.read(6)
@@ -165,11 +195,12 @@ def _decompressing(raw: BinaryIO) -> BinaryIO:
     if magic[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if magic[:4] == b"\x28\xb5\x2f\xfd":
-        # read_across_frames: a db may be several zstd frames (bsdtar reads them all).
+        # read_across_frames: a db may be several zstd frames (bsdtar reads them all). The
+        # window (memory that fills as it decompresses) stays at libzstd's 128 MiB limit.
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
         return reader  # type: ignore[return-value]
     if magic == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+        return _XzReader(raw)  # type: ignore[return-value]
     if magic[:3] == b"BZh":
         return bz2.BZ2File(raw)  # type: ignore[return-value]
     return raw  # uncompressed tar (repo-add --nocompress) or garbage; tarfile will tell

@@ -356,3 +356,17 @@ def test_a_bad_header_checksum_is_a_corrupt_db() -> None:
     raw[600] ^= 0xFF  # inside the second header (the first desc), not its data
     with pytest.raises(RepoDbError, match="not a valid tar"):
         parse_repo_db(bytes(raw))
+
+
+def test_xz_memory_is_limited(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = lzma.compress(make_tar(TWO_PACKAGES), preset=9)  # a 64 MiB dictionary
+    assert len(parse_repo_db(data).records) == 2
+    monkeypatch.setattr(repodb, "XZ_MEMLIMIT", 1 << 20)
+    with pytest.raises(RepoDbError, match=r"[Mm]emory"):
+        parse_repo_db(data)
+
+
+def test_concatenated_xz_streams_are_read_completely() -> None:
+    raw = make_tar(TWO_PACKAGES)
+    data = lzma.compress(raw[:2048]) + lzma.compress(raw[2048:])
+    assert len(parse_repo_db(data).records) == 2
