@@ -1,4 +1,4 @@
-"""The ``pacswarm`` command: init, serve, verify.
+"""The ``pacswarm`` command: init, serve, verify, id, reset-db, cid.
 
 Errors the user can fix (:class:`~pacswarm.errors.PacswarmError`) are printed as one line with
 what to do next, and exit 2; ``verify`` exits 1 for a package that fails.
@@ -16,6 +16,7 @@ from typing import Any
 
 from pacswarm import __version__
 from pacswarm.config import Config, config_keys, load_config
+from pacswarm.dbsync import reset_held
 from pacswarm.errors import PacswarmError
 from pacswarm.ipfs.identity import peer_id_of
 from pacswarm.ipfs.unixfs import import_stream
@@ -58,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--config", type=Path, help="TOML config file (for gpgdir)")
     ident = sub.add_parser("id", help="print this node's libp2p peer ID and listen addresses")
     _node_flags(ident)
+    reset = sub.add_parser(
+        "reset-db",
+        help="drop the held copies of repo dbs (all, or each REPO): the next -Sy fetches anew",
+    )
+    reset.add_argument("repos", nargs="*", metavar="REPO")
+    reset.add_argument("--config", type=Path, help="TOML config file (for data_dir)")
+    reset.add_argument("--data-dir", type=Path, help="node state (/var/lib/pacswarm as root)")
     cid = sub.add_parser("cid", help="print the IPFS CIDs of files (as ipfs add --cid-version=1)")
     cid.add_argument("files", type=Path, nargs="+")
     return parser
@@ -138,6 +146,21 @@ def cmd_id(config: Config) -> int:
     return 0
 
 
+def cmd_reset_db(config: Config, repos: list[str]) -> int:
+    """Forget the held dbs (and with them the rollback floor): the operator's way out when a
+    bad db is held. Works whether the node runs or not; nothing else is touched."""
+    db_dir = config.data_dir / "dbs"
+    removed = reset_held(db_dir, repos)
+    for path in removed:
+        print(f"removed {path}")
+    if not removed:
+        which = f" of {', '.join(repos)}" if repos else ""
+        print(f"no held db copies{which} in {db_dir}")
+    else:
+        print("the next pacman -Sy fetches these dbs from the mirrors, whatever their dates")
+    return 0
+
+
 def cmd_cid(files: list[Path]) -> int:
     """One ``CID  FILE`` line per file, like sha256sum; the CID kubo would give the file."""
     status = 0
@@ -166,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(config)
         if args.command == "id":
             return cmd_id(config)
+        if args.command == "reset-db":
+            return cmd_reset_db(config, args.repos)
         return cmd_verify(config, args.package, args.sig)
     except PacswarmError as e:
         print(f"pacswarm: {e}", file=sys.stderr)

@@ -14,6 +14,7 @@ import email.utils
 import fnmatch
 import os
 import posixpath
+import random
 import select
 import socket
 import sys
@@ -25,11 +26,25 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 FAULT_MODES = (
-    "none", "500", "404", "refuse", "stall", "truncate", "endless", "slow", "throttle",
-)  # fmt: skip
+    "none",
+    "500",
+    "404",
+    "refuse",
+    "stall",
+    "truncate",
+    "endless",
+    "slow",
+    "trickle",
+    "ignore-ims",
+    "throttle",
+)
 ENDLESS_CAP = 256 * 1024 * 1024
 SLOW_RATE = 1024  # bytes per second for the "slow" fault
 THROTTLE_RATE = 4 * 1024 * 1024  # bytes per second for "throttle": a modest real link
+#: "trickle": the body in pieces of 1-4 KiB with a short pause after each, as a congested
+#: link delivers it (a reader must not take the first piece for the whole body).
+TRICKLE_PIECES = (1024, 4096)
+TRICKLE_PAUSE = 0.0002
 _CHUNK = 64 * 1024
 _GARBAGE = os.urandom(_CHUNK)
 
@@ -108,7 +123,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         size = file.stat().st_size
         mtime = int(file.stat().st_mtime)
-        if not head and self._not_modified(mtime):
+        ignore_ims = fault is not None and fault.mode == "ignore-ims"  # a 200 despite a fresh IMS
+        if not head and not ignore_ims and self._not_modified(mtime):
             self.send_response(304)
             self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
             self.end_headers()
@@ -183,7 +199,11 @@ class _Handler(BaseHTTPRequestHandler):
             fh.seek(start)
             pos = start
             while pos < limit and not stop.is_set():
-                if pos >= fast_until:  # "slow": 1/4 of the rate every 1/4 second
+                if mode == "trickle":
+                    chunk = fh.read(min(random.randint(*TRICKLE_PIECES), limit - pos))
+                    self.wfile.write(chunk)
+                    time.sleep(TRICKLE_PAUSE)
+                elif pos >= fast_until:  # "slow": 1/4 of the rate every 1/4 second
                     chunk = fh.read(min(SLOW_RATE // 4, limit - pos))
                     self.wfile.write(chunk)
                     self.wfile.flush()

@@ -18,6 +18,7 @@ import zstandard
 from pacswarm import repodb
 from pacswarm.errors import RepoDbError
 from pacswarm.repodb import parse_desc, parse_repo_db
+from tests.support import bigdb
 
 SIG = b"\x88\x75\x04\x00\x16\x08\x00\x1d\x16\x21\x04fake-signature-bytes"
 
@@ -251,3 +252,122 @@ def test_parse_desc_reads_multi_line_fields() -> None:
     assert fields["NAME"] == ["zstd"]
     assert fields["DEPENDS"] == ["glibc", "zlib", "xz"]
     assert fields["EMPTY"] == []
+
+
+# -- hostile dbs: streamed under caps ------------------------------------------------------------
+
+
+def tar_with(*infos: tuple[tarfile.TarInfo, bytes | None], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for info, data in infos:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def test_a_sparse_member_is_refused_before_its_holes_are_read() -> None:
+    db = bigdb.sparse_bomb(1_700_000_000, claimed=64 << 30)
+    assert len(db) < 200
+    with pytest.raises(RepoDbError, match="sparse"):
+        parse_repo_db(db)
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, b"7"])
+def test_only_plain_files_and_folders_are_accepted(kind: bytes) -> None:
+    odd = tarfile.TarInfo("zstd-1.5.6-1/desc")
+    odd.type = kind
+    odd.linkname = "/etc/shadow"
+    with pytest.raises(RepoDbError, match="not a plain file or folder"):
+        parse_repo_db(
+            tar_with((tarfile.TarInfo("a-1-1/desc"), desc("a", "1-1").encode()), (odd, None))
+        )
+
+
+def test_a_huge_pax_header_is_refused() -> None:
+    info = tarfile.TarInfo("a-1-1/desc")
+    info.pax_headers = {"comment": "x" * (repodb.MAX_HEADER + 1)}
+    with pytest.raises(RepoDbError, match="extended header"):
+        parse_repo_db(tar_with((info, desc("a", "1-1").encode())))
+
+
+def test_a_desc_bigger_than_the_cap_is_refused() -> None:
+    big = desc("a", "1-1") + "%NOTES%\n" + "x" * repodb.MAX_DESC + "\n"
+    with pytest.raises(RepoDbError, match="at most"):
+        parse_repo_db(make_tar([("a-1-1", big)]))
+
+
+def test_too_many_members_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(repodb, "MAX_MEMBERS", 10)
+    members = [(f"p{i}-1-1", desc(f"p{i}", "1-1")) for i in range(6)]  # 12 members
+    with pytest.raises(RepoDbError, match="more than 10 members"):
+        parse_repo_db(gzip.compress(make_tar(members)))
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd-streamed", "xz", "bzip2"])
+def test_every_compression_is_capped_while_decompressing(
+    compression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repodb, "MAX_UNCOMPRESSED", 1 << 20)
+    # 4 MiB of a zero-filled member: refused at 1 MiB, without inflating the rest.
+    one = tarfile.TarInfo("a-1-1/files")
+    one.size = repodb.MAX_MEMBER - 512
+    header = one.tobuf(tarfile.GNU_FORMAT)
+    raw = header + bytes(4 << 20)
+    with pytest.raises(RepoDbError, match="more than 1 MiB"):
+        parse_repo_db(COMPRESSIONS[compression](raw))
+
+
+def test_an_entry_dated_after_not_after_is_refused() -> None:
+    data = make_tar(TWO_PACKAGES, mtimes=[1_700_000_000, 4_102_444_800])
+    assert parse_repo_db(data).newest_mtime == 4_102_444_800  # no clock given: no check
+    with pytest.raises(RepoDbError, match="in the future"):
+        parse_repo_db(data, not_after=1_800_000_000)
+
+
+def test_a_files_db_is_checked_as_a_stream() -> None:
+    raw = make_tar(TWO_PACKAGES)
+    summary = repodb.check_files_db(io.BytesIO(gzip.compress(raw)))
+    assert (summary.members, summary.packages) == (4, 2)
+    with pytest.raises(RepoDbError):
+        repodb.check_files_db(io.BytesIO(b"<html>not a db</html>" * 30))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_long_folder_names_are_read_in_every_tar_format(fmt: int) -> None:
+    # > 100 characters: a GNU long-name header, a pax path, or the ustar prefix field.
+    folder = "python-" + "x" * 90 + "-1.0-1"
+    info = tarfile.TarInfo(f"{folder}/desc")
+    info.mtime = 1_700_000_123
+    db = parse_repo_db(tar_with((info, desc("long", "1.0-1").encode()), fmt=fmt))
+    assert list(db.records) == ["long-1.0-1-x86_64.pkg.tar.zst"]
+    assert db.newest_mtime == 1_700_000_123
+
+
+def test_pax_size_and_mtime_override_the_header() -> None:
+    info = tarfile.TarInfo("a-1-1/desc")
+    info.pax_headers = {"mtime": "1700000456.25", "comment": "made by hand"}
+    db = parse_repo_db(tar_with((info, desc("a", "1-1").encode())))
+    assert db.newest_mtime == 1_700_000_456
+
+
+def test_a_bad_header_checksum_is_a_corrupt_db() -> None:
+    raw = bytearray(make_tar(TWO_PACKAGES))
+    raw[600] ^= 0xFF  # inside the second header (the first desc), not its data
+    with pytest.raises(RepoDbError, match="not a valid tar"):
+        parse_repo_db(bytes(raw))
+
+
+def test_xz_memory_is_limited(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = lzma.compress(make_tar(TWO_PACKAGES), preset=9)  # a 64 MiB dictionary
+    assert len(parse_repo_db(data).records) == 2
+    monkeypatch.setattr(repodb, "XZ_MEMLIMIT", 1 << 20)
+    with pytest.raises(RepoDbError, match=r"[Mm]emory"):
+        parse_repo_db(data)
+
+
+def test_concatenated_xz_streams_are_read_completely() -> None:
+    raw = make_tar(TWO_PACKAGES)
+    data = lzma.compress(raw[:2048]) + lzma.compress(raw[2048:])
+    assert len(parse_repo_db(data).records) == 2
