@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 from aiohttp import web
 
-from pacswarm.dbsync import RepoDbs
+from pacswarm.dbsync import DbCopy, RepoDbs, canonical_name
 from pacswarm.errors import NoSpaceError, UpstreamError
 from pacswarm.fetch.download import Download, Downloader, DownloadFailed
 from pacswarm.fetch.source import Want
@@ -33,6 +34,8 @@ from pacswarm.upstream import Upstream
 log = logging.getLogger(__name__)
 
 OCTETS = "application/octet-stream"
+#: Seconds pacman waits for a db before it gets the copy held (pacman gives up after 10 s).
+DB_ANSWER_WITHIN = 6.0
 #: Seconds between two refreshes of a repo's db triggered by packages it does not list.
 INDEX_RETRY = 60.0
 #: Repos whose db such requests may fetch (real systems have a handful).
@@ -54,6 +57,7 @@ class Proxy:
         self.upstream = upstream
         self.verify_window = verify_window
         self._index_asked: dict[tuple[str, str], float] = {}
+        self._background: set[asyncio.Future[DbCopy]] = set()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -88,11 +92,55 @@ class Proxy:
             raise web.HTTPBadGateway(text=f"{e}\n") from None
 
     async def serve_db(self, request: web.Request, rp: RequestPath) -> web.StreamResponse:
-        copy = await self.dbs.refresh(rp)
+        """Refresh the db, then answer from our copy.
+
+        A db is checked whole before pacman gets a byte, and pacman gives up on a transfer
+        that sends nothing for 10 s: on a slow mirror (Arch's extra.files is tens of MB) the
+        refresh may take longer. After :data:`DB_ANSWER_WITHIN` the copy held is served and
+        the refresh goes on; the next ``pacman -Sy`` gets the new db.
+        """
+        refresh = asyncio.ensure_future(self.dbs.refresh(rp))
+        try:
+            copy = await asyncio.wait_for(asyncio.shield(refresh), DB_ANSWER_WITHIN)
+            warning = '110 pacswarm "offline: served the last good copy"' if copy.offline else ""
+        except TimeoutError:
+            held = self._held_db(rp)
+            if held is None:
+                copy = await refresh  # nothing else to give: wait, pacman may give up
+                warning = ""
+            else:
+                self._keep(refresh)
+                log.warning("%s: refresh still running; served the copy held", rp)
+                copy, warning = DbCopy(held), '110 pacswarm "refresh running: served the copy held"'
         headers = {"Content-Type": OCTETS}
-        if copy.offline:
-            headers["Warning"] = '110 pacswarm "offline: served the last good copy"'
-        return web.FileResponse(copy.path, headers=headers)
+        if warning:
+            headers["Warning"] = warning
+        response = web.FileResponse(copy.path, headers=headers)
+        since = request.if_modified_since
+        if since is not None and since.timestamp() > time.time():
+            # A date in the future (left by a mirror that lied, before pacswarm refused such
+            # dates) would make every later -Sy a 304: answer as if pacman had sent none.
+            plain = {k: v for k, v in request.headers.items() if k != "If-Modified-Since"}
+            await response.prepare(request.clone(headers=plain))
+        return response
+
+    def _held_db(self, rp: RequestPath) -> Path | None:
+        name = canonical_name(rp)
+        if name is None:
+            return None
+        held = self.store.db_path(RequestPath(rp.repo, rp.arch, name, rp.kind))
+        return held if held.is_file() else None
+
+    def _keep(self, task: asyncio.Future[DbCopy]) -> None:
+        """Hold a background refresh until it ends; its failure is logged, not raised."""
+        self._background.add(task)
+
+        def done(t: asyncio.Future[DbCopy]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("background refresh failed: %s", t.exception())
+
+        task.add_done_callback(done)
 
     async def serve_package(self, request: web.Request, rp: RequestPath) -> web.StreamResponse:
         arrived = asyncio.get_running_loop().time()
