@@ -1,0 +1,117 @@
+"""The Arch package builds from a checkout with makepkg (check() included), installs with
+pacman, and the installed ``pacswarm`` runs: ``--version``, and ``verify`` as an unprivileged
+user against a root-owned keyring, as the service does.
+
+One build per module (about a minute on 2 cores: pip resolves and installs the pinned
+dependencies, fastecdsa compiles), shared by the tests; see tests/pkgbuild/archpkg.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.pkgbuild.archpkg import BuiltPackage
+from tests.support.gpg import kill_agent
+from tests.support.testrepo import TestRepo
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 60.0
+
+pytestmark = [
+    # The first test pays for the build (about a minute here); the bound is generous.
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(os.geteuid() != 0, reason="makepkg as nobody and pacman -U need root"),
+]
+
+
+def _pkgver() -> str:
+    text = (CHECKOUT / "packaging/PKGBUILD").read_text()
+    ver = re.search(r"^pkgver=(\S+)$", text, re.M)
+    rel = re.search(r"^pkgrel=(\S+)$", text, re.M)
+    assert ver and rel
+    return f"{ver.group(1)}-{rel.group(1)}"
+
+
+def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False, **kwargs
+    )  # type: ignore[call-overload]
+
+
+def test_makepkg_builds_the_checkout_and_runs_the_unit_tests(built: BuiltPackage) -> None:
+    print(f"makepkg took {built.seconds:.0f} s")  # shown with -s; timings are not asserted
+    assert built.path.name.startswith(f"pacswarm-{_pkgver()}-")
+    check = built.log.split("==> Starting check()...", 1)
+    assert len(check) == 2, "check() did not run:\n" + built.log
+    summary = re.search(r"^=* ?(\d+ \w+.*) in [\d.]+s", check[1], re.M)
+    assert summary and re.fullmatch(r"\d+ passed", summary.group(1)), check[1]
+    # makepkg's own packaging lint: bytecode compiled in $srcdir would carry its paths.
+    assert "reference to $srcdir" not in built.log and "reference to $pkgdir" not in built.log
+
+
+def test_pacman_installs_the_package_files(installed_root: Path) -> None:
+    db = installed_root / "var/lib/pacman"
+    proc = _run(["pacman", "--root", str(installed_root), "--dbpath", str(db), "-Q"])
+    assert proc.stdout.split() == ["pacswarm", _pkgver()], proc.stdout + proc.stderr
+    for path in (
+        "usr/bin/pacswarm",
+        "usr/lib/systemd/system/pacswarm.service",
+        "usr/lib/sysusers.d/pacswarm.conf",
+        "usr/lib/tmpfiles.d/pacswarm.conf",
+    ):
+        assert (installed_root / path).is_file(), path
+    example = (CHECKOUT / "packaging/pacswarm.toml").read_text()
+    assert (installed_root / "etc/pacswarm/pacswarm.toml").read_text() == example
+
+
+def test_installed_pacswarm_runs_from_its_own_site_directory(installed_root: Path) -> None:
+    site = installed_root / "usr/lib/pacswarm/site"
+    before = sorted(site.rglob("*"))
+    # PYTHONPATH pointing at the checkout must not matter: the launcher runs python -I.
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(CHECKOUT / "src")}
+    proc = _run([str(installed_root / "usr/bin/pacswarm"), "--version"], env=env, cwd="/")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    version = _pkgver().rsplit("-", 1)[0]
+    assert proc.stdout.strip() == f"pacswarm {version}"
+    # Running as root wrote no bytecode the package does not own.
+    assert sorted(site.rglob("*")) == before
+
+
+def _readonly_keyring(gpgdir: Path, dest: Path) -> Path:
+    """A copy of ``gpgdir`` laid out as pacman-key makes /etc/pacman.d/gnupg: root-owned,
+    0755 directories and 0644 files, so an unprivileged user can read but not write it."""
+    shutil.copytree(gpgdir, dest, ignore=shutil.ignore_patterns("S.*", "*.lock"))
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+def test_installed_pacswarm_verifies_as_an_unprivileged_user(
+    installed_root: Path, pkg_scratch: Path, test_repo: TestRepo, pacman_gpgdir: Path
+) -> None:
+    keyring = _readonly_keyring(pacman_gpgdir, pkg_scratch / "keyring")
+    pkg = test_repo.packages["hello"]
+    files = pkg_scratch / "verify"
+    files.mkdir()
+    good = Path(shutil.copy(pkg.path, files / pkg.filename))
+    sig = Path(shutil.copy(pkg.sig_path, files / pkg.sig_path.name))
+    bad = files / f"corrupt-{pkg.filename}"
+    bad.write_bytes(good.read_bytes()[:-1] + bytes([good.read_bytes()[-1] ^ 1]))
+    files.chmod(0o755)
+    launcher = installed_root / "usr/bin/pacswarm"
+    pacswarm = ["runuser", "-u", "nobody", "--", str(launcher), "verify"]
+    try:
+        trusted = _run([*pacswarm, str(good), "--sig", str(sig), "--gpgdir", str(keyring)])
+        corrupt = _run([*pacswarm, str(bad), "--sig", str(sig), "--gpgdir", str(keyring)])
+    finally:
+        kill_agent(keyring)
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert "OK" in trusted.stdout and test_repo.packager_fpr in trusted.stdout
+    assert corrupt.returncode == 1, corrupt.stdout + corrupt.stderr
+    assert "invalid" in corrupt.stdout
