@@ -127,19 +127,23 @@ def make_build_venv(dest: Path) -> Path:
     return dest / "venv"
 
 
-def makepkg(checkout: Path, venv: Path, home: Path) -> BuiltPackage:
-    """Run ``makepkg --check`` as ``nobody`` in ``checkout/packaging``, with the system's
-    makepkg.conf, and return the one package it made."""
-    packaging = checkout / "packaging"
-    started = time.monotonic()
-    proc = _run_as_nobody(
+def run_makepkg(checkout: Path, tools: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """``makepkg --check`` as ``nobody`` in ``checkout/packaging``, with the system's
+    makepkg.conf and the directory ``tools`` (holding ``python``) first in PATH."""
+    return _run_as_nobody(
         ["makepkg", "--nodeps", "--check", "--nocolor"],
-        cwd=packaging,
-        env=_as_nobody_env(home, venv / "bin"),
+        cwd=checkout / "packaging",
+        env=_as_nobody_env(home, tools),
         timeout=MAKEPKG_TIMEOUT,
     )
+
+
+def makepkg(checkout: Path, venv: Path, home: Path) -> BuiltPackage:
+    """Build with the build tools of ``venv``; the one package makepkg made."""
+    started = time.monotonic()
+    proc = run_makepkg(checkout, venv / "bin", home)
     seconds = time.monotonic() - started
-    files = sorted(packaging.glob("pacswarm-*.pkg.tar.*"))
+    files = sorted((checkout / "packaging").glob("pacswarm-*.pkg.tar.*"))
     if proc.returncode != 0 or len(files) != 1:
         raise RuntimeError(f"makepkg failed ({proc.returncode}), made {files}:\n{proc.stdout}")
     return BuiltPackage(files[0], proc.stdout, seconds)

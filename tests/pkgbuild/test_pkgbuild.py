@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pkgbuild.archpkg import BuiltPackage
+from tests.pkgbuild.archpkg import SYSTEM_PYTHON, BuiltPackage, copy_checkout, run_makepkg
 from tests.support.gpg import kill_agent
 from tests.support.testrepo import TestRepo
 
@@ -55,6 +55,19 @@ def test_makepkg_builds_the_checkout_and_runs_the_unit_tests(built: BuiltPackage
     assert "reference to $srcdir" not in built.log and "reference to $pkgdir" not in built.log
 
 
+def test_too_old_build_tools_get_a_clear_error(pkg_scratch: Path) -> None:
+    """The system python alone (Debian 12: setuptools 66, which rejects pyproject.toml's SPDX
+    license) stops the build with what to do, not with a setuptools traceback."""
+    checkout = copy_checkout(CHECKOUT, pkg_scratch / "old-tools-checkout")
+    tools = pkg_scratch / "old-tools"
+    tools.mkdir()
+    (tools / "python").symlink_to(SYSTEM_PYTHON)
+    proc = run_makepkg(checkout, tools, home=tools)
+    assert proc.returncode != 0
+    assert "A failure occurred in build()" in proc.stdout
+    assert "setuptools >= 77" in proc.stdout, proc.stdout
+
+
 def test_pacman_installs_the_package_files(installed_root: Path) -> None:
     db = installed_root / "var/lib/pacman"
     proc = _run(["pacman", "--root", str(installed_root), "--dbpath", str(db), "-Q"])
@@ -84,11 +97,13 @@ def test_installed_pacswarm_runs_from_its_own_site_directory(installed_root: Pat
 
 
 def _readonly_keyring(gpgdir: Path, dest: Path) -> Path:
-    """A copy of ``gpgdir`` laid out as pacman-key makes /etc/pacman.d/gnupg: root-owned,
-    0755 directories and 0644 files, so an unprivileged user can read but not write it."""
+    """A copy of ``gpgdir`` laid out as pacman-key makes /etc/pacman.d/gnupg: root-owned, the
+    directory 0755, pubring and trustdb 0644, secret parts 0700/0600 (gpg's own modes). An
+    unprivileged user can read the keys and the trust values but write nothing."""
     shutil.copytree(gpgdir, dest, ignore=shutil.ignore_patterns("S.*", "*.lock"))
-    for path in [dest, *dest.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    dest.chmod(0o755)
+    for name in ("pubring.gpg", "trustdb.gpg"):
+        (dest / name).chmod(0o644)
     return dest
 
 
