@@ -1,6 +1,7 @@
 """The Arch package builds from a checkout with makepkg (check() included), installs with
-pacman, and the installed ``pacswarm`` runs: ``--version``, and ``verify`` as an unprivileged
-user against a root-owned keyring, as the service does.
+pacman, and the installed ``pacswarm`` runs: ``--version``; ``verify`` as an unprivileged
+user against a root-owned keyring; and ``serve`` as the service user the package creates, in
+the state directory it creates, handing out a verified package.
 
 One build per module (about a minute on 2 cores: pip resolves and installs the pinned
 dependencies, fastecdsa compiles), shared by the tests; see tests/pkgbuild/archpkg.py.
@@ -11,13 +12,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.pkgbuild.archpkg import SYSTEM_PYTHON, BuiltPackage, copy_checkout, run_makepkg
 from tests.support.gpg import kill_agent
+from tests.support.mirror import MirrorServer
+from tests.support.node import PacswarmNode
 from tests.support.testrepo import TestRepo
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -130,3 +135,58 @@ def test_installed_pacswarm_verifies_as_an_unprivileged_user(
     assert "OK" in trusted.stdout and test_repo.packager_fpr in trusted.stdout
     assert corrupt.returncode == 1, corrupt.stdout + corrupt.stderr
     assert "invalid" in corrupt.stdout
+
+
+class _ServiceNode(PacswarmNode):
+    """The installed launcher as the service runs it: as the user the package's sysusers file
+    creates, on the data directory its tmpfiles file makes, with ExecStart='s --data-dir (the
+    ports and peers are the test node's: loopback only)."""
+
+    def __init__(self, launcher: Path, uid: int, gid: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.launcher, self.uid, self.gid = launcher, uid, gid
+
+    def command(self) -> list[str]:
+        as_user = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
+        return [*as_user, str(self.launcher), *super().command()[3:]]
+
+
+def _service_user(root: Path) -> tuple[int, int]:
+    """systemd-sysusers and systemd-tmpfiles on ``root``, with the package's files; the uid
+    and gid of the pacswarm user they made."""
+    for tool in ("systemd-sysusers", "systemd-tmpfiles --create"):
+        proc = _run([*tool.split(), f"--root={root}"])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    entry = next(line for line in (root / "etc/passwd").read_text().splitlines()
+                 if line.startswith("pacswarm:"))  # fmt: skip
+    _name, _pw, uid, gid, _gecos, home, _shell = entry.split(":")
+    assert home == "/var/lib/pacswarm"
+    return int(uid), int(gid)
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="no systemd-sysusers")
+def test_installed_service_user_serves_a_verified_package(
+    installed_root: Path,
+    pkg_scratch: Path,
+    test_repo: TestRepo,
+    pacman_gpgdir: Path,
+    mirror: MirrorServer,
+) -> None:
+    uid, gid = _service_user(installed_root)
+    data_dir = installed_root / "var/lib/pacswarm"
+    st = data_dir.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, 0o750)
+    keyring = _readonly_keyring(pacman_gpgdir, pkg_scratch / "service-keyring")
+    launcher = installed_root / "usr/bin/pacswarm"
+    node = _ServiceNode(launcher, uid, gid, data_dir, [mirror.url_template], keyring)
+    try:
+        node.start(timeout=60)
+        pkg = test_repo.packages["hello"]
+        status, _headers, body = node.get(f"/core/os/{test_repo.arch}/{pkg.filename}")
+        assert status == 200, node.log()
+        assert body == pkg.path.read_bytes()
+    finally:
+        code = node.stop()
+        kill_agent(keyring)
+    assert code == 0, node.log()
+    assert (data_dir / "ipfs/identity.key").stat().st_uid == uid
