@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # What `make test` needs beyond Python packages, on Debian or Arch:
 # the real pacman/makepkg/repo-add/gpg the tests drive, nginx for the benchmark, and gcc + GMP
-# because py-libp2p's fastecdsa dependency builds from source.
+# because py-libp2p's fastecdsa dependency builds from source. The packaging tests
+# (tests/pkgbuild) also need the system python's venv module (the PKGBUILD's build tools go in
+# a venv of /usr/bin/python3, the interpreter the package runs) and systemd-analyze.
 set -euo pipefail
 
 debian_packages=(pacman-package-manager makepkg archlinux-keyring gnupg zstd libarchive-tools
-  fakeroot nginx gcc libgmp-dev)
-arch_packages=(python gnupg zstd libarchive fakeroot nginx gcc gmp nodejs npm)
+  fakeroot nginx gcc libgmp-dev python3-venv python3-dev systemd)
+arch_packages=(python gnupg zstd libarchive fakeroot binutils nginx gcc gmp nodejs npm)
 
 if command -v apt-get >/dev/null 2>&1; then
   need=()
   for p in "${debian_packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
-  python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv python3-dev)
   command -v node >/dev/null 2>&1 || need+=(nodejs npm)
   if ((${#need[@]})); then
     apt-get update -qq
