@@ -52,11 +52,17 @@ import aiohttp
 
 from pacswarm.config import Config
 from pacswarm.errors import RepoDbError, UpstreamError
-from pacswarm.fetch.mirrors import READ_PIECE, check_status, each_mirror, read_body
+from pacswarm.fetch.mirrors import (
+    MAX_SIGNATURE,
+    READ_PIECE,
+    check_status,
+    each_mirror,
+    read_body,
+)
 from pacswarm.repodb import PackageRecord, RepoDb, check_files_db_file, parse_repo_db_file
 from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.store import Store
-from pacswarm.upstream import MAX_SIGNATURE, MirrorFault, Upstream
+from pacswarm.upstream import MirrorFault, Upstream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

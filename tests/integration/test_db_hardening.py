@@ -309,3 +309,27 @@ def test_only_the_db_names_pacman_uses_are_fetched_and_kept(
     assert (status, body) == (200, (core / "core.db").read_bytes())
     held = sorted(p.name for p in (node.data_dir / "dbs/core/x86_64").iterdir())
     assert held == ["core.db"]
+
+
+def test_a_db_refresh_slower_than_pacmans_patience_serves_the_held_copy(
+    big_extra: bigdb.BigDbs, mirror: MirrorServer, make_node: NodeFactory
+) -> None:
+    """A 10 MB extra.files at 1 MiB/s takes ~10 s, pacman's limit: the copy held is served
+    after 6 s, the refresh goes on, and the next request gets the new file."""
+    extra = repo_dir(mirror, "extra")
+    bigdb.install(big_extra, extra)
+    node = make_node([mirror.url_template])
+    assert node.get("/extra/os/x86_64/extra.files")[0] == 200  # now held
+    held = (extra / "extra.files").stat().st_mtime
+    os.utime(extra / "extra.files", (held + 60, held + 60))  # the mirror has a newer one
+    mirror.set_fault("throttle", "extra.files", rate=1 << 20)
+    started = time.monotonic()
+    status, headers, body = node.get("/extra/os/x86_64/extra.files", timeout=30)
+    waited = time.monotonic() - started
+    assert status == 200 and body == big_extra.files.read_bytes()
+    assert "refresh running" in headers.get("Warning", ""), headers
+    assert waited < 9.5, waited  # inside pacman's 10 s: it would have given up
+    deadline = time.monotonic() + 30
+    while "updated /extra/os/x86_64/extra.files" not in node.log():
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.2)

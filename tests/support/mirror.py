@@ -54,6 +54,7 @@ class _Fault:
     mode: str
     pattern: str
     after_bytes: int
+    rate: int = THROTTLE_RATE  # bytes per second, for "throttle"
 
 
 class _Server(ThreadingHTTPServer):
@@ -212,7 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     chunk = fh.read(min(_CHUNK, limit - pos, fast_until - pos))
                     self.wfile.write(chunk)
-                    if mode == "throttle" and stop.wait(len(chunk) / THROTTLE_RATE):
+                    if mode == "throttle" and fault and stop.wait(len(chunk) / fault.rate):
                         break
                 if not chunk:
                     break
@@ -323,15 +324,17 @@ class MirrorServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def set_fault(self, mode: str, pattern: str = "*", after_bytes: int = 0) -> None:
+    def set_fault(
+        self, mode: str, pattern: str = "*", after_bytes: int = 0, rate: int = THROTTLE_RATE
+    ) -> None:
         """Apply ``mode`` to GETs whose basename matches ``pattern``; replaces that pattern's
-        previous fault; the most recently set matching fault wins."""
+        previous fault; the most recently set matching fault wins. ``rate``: for "throttle"."""
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; expected one of {FAULT_MODES}")
         with self._lock:
             self._faults = [f for f in self._faults if f.pattern != pattern]
             if mode != "none":
-                self._faults.append(_Fault(mode, pattern, after_bytes))
+                self._faults.append(_Fault(mode, pattern, after_bytes, rate))
 
     def clear_faults(self) -> None:
         with self._lock:
