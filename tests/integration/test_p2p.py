@@ -26,9 +26,10 @@ import trio
 from pacswarm.ipfs.bitswap import BlockMismatchError, MemoryBlocks
 from pacswarm.ipfs.bitswap_fetch import FetchError
 from pacswarm.ipfs.bridge import BridgeError, TrioBridge
-from pacswarm.ipfs.cid import CID
+from pacswarm.ipfs.cid import CID, DAG_PB, RAW
+from pacswarm.ipfs.dagpb import PBLink, PBNode, encode_node
 from pacswarm.ipfs.host import P2PHost
-from pacswarm.ipfs.unixfs import ImportResult, import_bytes
+from pacswarm.ipfs.unixfs import ImportResult, encode_file_data, import_bytes
 
 T = TypeVar("T")
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -314,6 +315,113 @@ def test_fetch_finds_providers_on_the_dht(tmp_path: Path) -> None:
             return out.getvalue()
 
     assert run(main()) == data
+
+
+# ── hostile DAGs: a peer chooses the DAG, we know only its root ──────────────────────────
+
+
+def bomb_dag(
+    fanout: int, depth: int, declared: list[int] | None = None
+) -> tuple[CID, MemoryBlocks]:
+    """A "DAG bomb": each level one node linking the level below ``fanout`` times.
+
+    A 100-byte leaf and ``depth`` nodes of ~40 bytes a link (12 KB at fanout 60, depth 5)
+    declare fanout**depth leaves. Sizes are honest unless ``declared`` gives the root's
+    blocksizes (a root that lies to look small).
+    """
+    leaf = b"L" * 100
+    cid, size = CID.of(leaf, RAW), len(leaf)
+    blocks = MemoryBlocks([(cid, leaf)])
+    for level in range(depth):
+        sizes = [size] * fanout
+        if declared is not None and level == depth - 1:
+            sizes = declared
+        links = tuple(PBLink(cid, "", size) for _ in range(fanout))
+        block = encode_node(PBNode(links, encode_file_data(sum(sizes), sizes)))
+        cid, size = CID.of(block, DAG_PB), size * fanout
+        blocks.put(cid, block)
+    return cid, blocks
+
+
+def _fetch_bomb(tmp_path: Path, root: CID, blocks: MemoryBlocks, max_size: int) -> FetchError:
+    """Fetch a bomb; the FetchError it raised (the test fails if it does not raise)."""
+
+    async def main() -> FetchError:
+        async with hosts(tmp_path, blocks, None) as (seeder, leecher):
+            await leecher.connect(seeder.listen_addrs()[0])
+            out = io.BytesIO()
+            wall, cpu = time.monotonic(), time.process_time()
+            with pytest.raises(FetchError) as caught:
+                await leecher.fetch_file(root, out, [seeder.listen_addrs()[0]], max_size=max_size)
+            wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+            print(f"\nbomb refused after {wall * 1000:.0f} ms, {cpu * 1000:.0f} ms CPU")
+            assert out.getvalue() == b""  # nothing of it reached the file
+            # Generous bound (normal: tens of ms); without the bounds this never ends.
+            assert wall < 5
+            return caught.value
+
+    return run(main())
+
+
+def test_bitswap_dag_bomb_is_refused_at_its_root(tmp_path: Path) -> None:
+    """fanout 60, depth 5: 60**5 leaves declared by 12 KB of blocks; the db says 10 MiB."""
+    root, blocks = bomb_dag(60, 5)
+    error = _fetch_bomb(tmp_path, root, blocks, max_size=10 * 1024 * 1024)
+    assert f"block {root} declares a file of {100 * 60**5} bytes" in str(error)
+    assert "more than max_size=10485760" in str(error)
+
+
+def test_bitswap_dag_bomb_whose_root_lies_is_refused_at_the_next_level(tmp_path: Path) -> None:
+    """The root claims 60 one-byte parts; the node it links holds 60**4 * 100 bytes."""
+    root, blocks = bomb_dag(60, 5, declared=[1] * 60)
+    error = _fetch_bomb(tmp_path, root, blocks, max_size=10 * 1024 * 1024)
+    assert f"holds {100 * 60**4} bytes of the file where its parent declared 1" in str(error)
+
+
+def test_bitswap_dag_of_many_tiny_repeats_is_refused(tmp_path: Path) -> None:
+    """Honest sizes within max_size, but 1024 links to one 100-byte leaf, twice over: far
+    more blocks than a file of that size has (positions count, not distinct CIDs)."""
+    root, blocks = bomb_dag(1024, 2)
+    error = _fetch_bomb(tmp_path, root, blocks, max_size=200 * 1024 * 1024)
+    assert "blocks, more than the 12864 allowed for max_size=209715200" in str(error)
+
+
+def test_bitswap_fetch_within_max_size_and_its_edge(tmp_path: Path) -> None:
+    """An honest file of exactly max_size is fetched; one byte less refuses it at the root."""
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    result = import_bytes(data)
+
+    async def main() -> bytes:
+        async with hosts(tmp_path, blocks_of(result, data), None) as (seeder, leecher):
+            peers = [seeder.listen_addrs()[0]]
+            with pytest.raises(FetchError, match=f"more than max_size={len(data) - 1}"):
+                await leecher.fetch_file(result.root, io.BytesIO(), peers, max_size=len(data) - 1)
+            out = io.BytesIO()
+            await leecher.fetch_file(result.root, out, peers, max_size=len(data))
+            return out.getvalue()
+
+    assert run(main()) == data
+
+
+def test_bitswap_fetch_deadline(tmp_path: Path) -> None:
+    """A peer that keeps the fetch alive but never finishes it is cut by the deadline."""
+    data = os.urandom(1024 * 1024)
+    result = import_bytes(data)
+    release = threading.Event()
+
+    async def main() -> float:
+        try:
+            async with hosts(tmp_path, _SilentBlocks(release), None) as (silent, leecher):
+                peers = [silent.listen_addrs()[0]]
+                started = time.monotonic()
+                with pytest.raises(FetchError, match="deadline of 1 s"):
+                    await leecher.fetch_file(result.root, io.BytesIO(), peers, deadline=1.0)
+                release.set()
+                return time.monotonic() - started
+        finally:
+            release.set()
+
+    assert run(main()) < 10  # the stall timeout (30 s) did not fire first
 
 
 # ── interop (skipped unless the harnesses and their runtimes exist) ─────────────────────

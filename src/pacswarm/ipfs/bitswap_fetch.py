@@ -10,6 +10,13 @@ inline data and its children, so the requests for the next subtree go out long b
 writer gets there. The writer drains ready slots from the head. Every block is matched by its
 sha256 to a CID we asked for; bytes matching nothing we asked that peer for abort the fetch.
 
+Bounds (a peer chooses the DAG; only the root CID is ours): every node is checked by
+:class:`~pacswarm.ipfs.unixfs.FileBudget`, by position in the walk, so its declared size must be
+what its parent declared for it, the root's at most ``max_size`` (the db's CSIZE), and the
+links walked at most :func:`~pacswarm.ipfs.unixfs.max_blocks_for` it: a DAG that links one
+child many times over can cost no more than an honest file of ``max_size``. The slots held are
+those positions, at most ``window`` wants are in flight, and the whole fetch has a deadline.
+
 Peers: wants go to one peer at a time; a DontHave moves that CID to the next peer, a peer we
 cannot open a Bitswap stream to is dropped, and a stall (no block for ``stall_timeout``)
 moves every outstanding want to the next peer. Received blocks are cancelled at the sender,
@@ -25,13 +32,25 @@ import trio
 from libp2p.peer.id import ID
 
 from pacswarm.ipfs.bitswap import BitswapEngine
-from pacswarm.ipfs.cid import CID, DAG_PB, RAW, CIDError, decode_varint
-from pacswarm.ipfs.dagpb import decode_node
+from pacswarm.ipfs.cid import CID, DAG_PB, RAW, CIDError
+from pacswarm.ipfs.unixfs import FileBudget, FileNode, UnixFSError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 64  # Helia breaks at 256 (yamux frame > py-libp2p's window)
 DEFAULT_STALL_TIMEOUT = 30.0
+#: The default deadline: a minute to start plus the file at 256 KiB/s, the pace below which a
+#: peer is worse than any mirror (``max_size`` None: an hour).
+DEADLINE_BASE = 60.0
+DEADLINE_RATE = 256 * 1024
+UNCAPPED_DEADLINE = 3600.0
+
+
+def default_deadline(max_size: int | None) -> float:
+    """Seconds a whole fetch of at most ``max_size`` bytes may take by default."""
+    if max_size is None:
+        return UNCAPPED_DEADLINE
+    return DEADLINE_BASE + max_size / DEADLINE_RATE
 
 
 class FetchError(RuntimeError):
@@ -39,41 +58,23 @@ class FetchError(RuntimeError):
 
 
 class _Slot:
-    __slots__ = ("cid", "data")
+    """One position of the walk: a CID due, then its bytes; ``size`` is what it must hold."""
 
-    def __init__(self, cid: CID | None, data: bytes | None = None) -> None:
+    __slots__ = ("cid", "data", "size")
+
+    def __init__(self, cid: CID | None, data: bytes | None = None, size: int | None = None) -> None:
         self.cid = cid
         self.data = data
-
-
-def unixfs_file_data(node_data: bytes | None) -> bytes:
-    """Inline file bytes of a UnixFS node (CIDv0 leaves carry them); refuses non-files."""
-    if not node_data:
-        return b""
-    pos, kind, inline = 0, None, b""
-    while pos < len(node_data):
-        key, pos = decode_varint(node_data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = decode_varint(node_data, pos)
-            if number == 1:
-                kind = value
-        elif wire == 2:
-            length, pos = decode_varint(node_data, pos)
-            if number == 2:
-                inline = bytes(node_data[pos : pos + length])
-            pos += length
-        else:
-            raise CIDError(f"unsupported UnixFS wire type {wire}")
-    if kind not in (0, 2):  # Raw, File
-        raise FetchError(f"not a UnixFS file (DataType {kind})")
-    return inline
+        self.size = size  # None only for the root: bounded by max_size instead
 
 
 class FileFetch:
     """State of one fetch; a :class:`~pacswarm.ipfs.bitswap.BlockSink` of the engine."""
 
-    def __init__(self, root: CID, peers: list[ID], window: int) -> None:
+    def __init__(
+        self, root: CID, peers: list[ID], window: int, max_size: int | None = None
+    ) -> None:
+        self.budget = FileBudget(max_size)
         self.peers = peers
         self.window = window
         self.slots: list[_Slot] = [_Slot(root)]
@@ -100,10 +101,11 @@ class FileFetch:
         self.received.setdefault(entry[1], []).append(entry[0])
         self.seen.add(digest)
         try:
+            node = self.budget.decode(entry[0], data) if entry[0].codec == DAG_PB else None
             for slot in self.waiting.pop(digest, []):
-                self._fill(slot, data)
-        except (CIDError, FetchError) as e:
-            self.fail(FetchError(f"bad DAG node from {peer}: {e}"))
+                self._fill(slot, data, node)
+        except (CIDError, UnixFSError, FetchError) as e:
+            self.fail(FetchError(f"bad DAG from {peer}: {e}"))
         self._poke()
         return True
 
@@ -136,18 +138,19 @@ class FileFetch:
 
     # DAG walk -------------------------------------------------------------------------------
 
-    def _fill(self, slot: _Slot, data: bytes) -> None:
+    def _fill(self, slot: _Slot, data: bytes, node: FileNode | None) -> None:
+        """Put an arrived block in its position: bytes for a leaf, children for a node."""
         assert slot.cid is not None
         if slot.cid.codec == RAW:
+            self.budget.leaf(slot.cid, len(data), slot.size)
             slot.data = data
             return
-        if slot.cid.codec != DAG_PB:
+        if node is None:
             raise FetchError(f"unsupported codec 0x{slot.cid.codec:x}")
-        node = decode_node(data)
-        inline = unixfs_file_data(node.data)
-        children = [_Slot(None, inline)] if inline else []
-        for link in node.links:
-            child = _Slot(link.cid)
+        self.budget.node(slot.cid, node, slot.size)  # before a child is made
+        children = [_Slot(None, node.data)] if node.data else []
+        for link, size in zip(node.links, node.blocksizes, strict=True):
+            child = _Slot(link.cid, size=size)
             children.append(child)
             self.waiting.setdefault(link.cid.digest, []).append(child)
         index = self.slots.index(slot, self.head)
@@ -236,36 +239,55 @@ async def fetch_file(
     peers: list[ID],
     window: int = DEFAULT_WINDOW,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    *,
+    max_size: int | None = None,
+    deadline: float | None = None,
 ) -> int:
     """Fetch the UnixFS file ``root`` from ``peers`` into ``out``; returns bytes written.
 
-    Runs on the trio thread. Raises :class:`FetchError` when no peer has a block or none
-    answers for ``stall_timeout`` seconds, and ``BlockMismatchError`` on a corrupt block.
+    Runs on the trio thread. ``max_size``: the most bytes the file may have (the db's CSIZE);
+    a DAG declaring more, or whose parts disagree with what their parents declared, is refused
+    at the block that says so. None is only for DAGs you trust. ``deadline``: seconds for the
+    whole fetch (default :func:`default_deadline`). Raises :class:`FetchError` for a bad DAG,
+    when no peer has a block, none answers for ``stall_timeout`` seconds, or the deadline
+    passes; ``BlockMismatchError`` on a corrupt block.
     """
     if not peers:
         raise FetchError(f"no peers to fetch {root} from")
-    fetch = FileFetch(root, peers, max(1, window))
+    limit = default_deadline(max_size) if deadline is None else deadline
+    fetch = FileFetch(root, peers, max(1, window), max_size)
     engine.sinks.add(fetch)
-    written = 0
     try:
-        while True:
-            written += fetch.drain(out)
-            if fetch.error is not None:
-                raise fetch.error
-            if fetch.done:
-                return written
-            wants, received = fetch.next_wants(), fetch.received
-            fetch.received = {}
-            for index in wants.keys() | received.keys():
-                cancels = received.get(index, [])
-                try:
-                    await engine.send_wants(peers[index], wants.get(index, []), cancels=cancels)
-                except Exception as e:
-                    fetch.peer_failed(index, e)
-            await _wait_progress(engine, fetch, stall_timeout)
+        with trio.fail_after(limit):
+            return await _run(engine, fetch, out, stall_timeout)
+    except trio.TooSlowError:
+        raise FetchError(
+            f"{root} not fetched within the deadline of {limit:.0f} s: the peers are too slow"
+        ) from None
     finally:
         engine.sinks.discard(fetch)
         await _cancel_outstanding(engine, fetch)
+
+
+async def _run(engine: BitswapEngine, fetch: FileFetch, out: BinaryIO, stall_timeout: float) -> int:
+    """The fetch loop: write what is ready, send wants, wait for blocks."""
+    written = 0
+    peers = fetch.peers
+    while True:
+        written += fetch.drain(out)
+        if fetch.error is not None:
+            raise fetch.error
+        if fetch.done:
+            return written
+        wants, received = fetch.next_wants(), fetch.received
+        fetch.received = {}
+        for index in wants.keys() | received.keys():
+            cancels = received.get(index, [])
+            try:
+                await engine.send_wants(peers[index], wants.get(index, []), cancels=cancels)
+            except Exception as e:
+                fetch.peer_failed(index, e)
+        await _wait_progress(engine, fetch, stall_timeout)
 
 
 async def _wait_progress(engine: BitswapEngine, fetch: FileFetch, stall_timeout: float) -> None:
