@@ -33,24 +33,12 @@ from libp2p.peer.id import ID
 
 from pacswarm.ipfs.bitswap import BitswapEngine
 from pacswarm.ipfs.cid import CID, DAG_PB, RAW, CIDError
-from pacswarm.ipfs.unixfs import FileBudget, FileNode, UnixFSError
+from pacswarm.ipfs.unixfs import FileBudget, FileNode, UnixFSError, default_deadline
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 64  # Helia breaks at 256 (yamux frame > py-libp2p's window)
 DEFAULT_STALL_TIMEOUT = 30.0
-#: The default deadline: a minute to start plus the file at 256 KiB/s, the pace below which a
-#: peer is worse than any mirror (``max_size`` None: an hour).
-DEADLINE_BASE = 60.0
-DEADLINE_RATE = 256 * 1024
-UNCAPPED_DEADLINE = 3600.0
-
-
-def default_deadline(max_size: int | None) -> float:
-    """Seconds a whole fetch of at most ``max_size`` bytes may take by default."""
-    if max_size is None:
-        return UNCAPPED_DEADLINE
-    return DEADLINE_BASE + max_size / DEADLINE_RATE
 
 
 class FetchError(RuntimeError):

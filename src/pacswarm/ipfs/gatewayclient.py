@@ -5,8 +5,14 @@ checked against the repo db's sha256 afterwards). So the CAR is walked as it arr
 first, then each link's subtree left to right, and every block must be *the* next block of
 that walk and match its CID. Raw leaves are written to ``out`` as they come, which is file
 order, so nothing but the current path of the DAG is held in memory. A peer can neither
-insert a foreign block, nor reorder, nor send forever: anything unexpected stops the fetch,
-as does output growing past ``max_size``.
+insert a foreign block, nor reorder, nor send forever: anything unexpected stops the fetch.
+
+Bounds: each node goes through :class:`~pacswarm.ipfs.unixfs.FileBudget` (the one UnixFS
+decoder and rule set, shared with the Bitswap fetch), so a DAG declaring more than
+``max_size``, or whose parts disagree with what their parents declared, is refused at the block
+that says so; the CAR's bytes are capped too. Time: a total ``deadline`` and a minimum speed
+(at least ``min_speed`` bytes/s over every ``speed_window`` seconds of waiting), so a peer that
+trickles a valid CAR a byte a second is cut after one window.
 
 We ask for ``dups=y`` (every occurrence of a repeated block is sent) so nothing needs keeping.
 A gateway that answers ``dups=n`` omits repeats (e.g. identical chunks); those are then copied
@@ -15,29 +21,45 @@ back from what was already written, which needs ``out`` to be readable and seeka
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import aiohttp
 
 from pacswarm.ipfs.car import CarError, CarReader
-from pacswarm.ipfs.cid import CID, DAG_PB, RAW, CIDError, decode_varint
-from pacswarm.ipfs.dagpb import decode_node
+from pacswarm.ipfs.cid import CID, DAG_PB, RAW, CIDError
+from pacswarm.ipfs.unixfs import FileBudget, UnixFSError, default_deadline
 
 CAR_ACCEPT = "application/vnd.ipld.car; version=1; order=dfs; dups=y"
 _READ_SIZE = 256 * 1024
 _SLACK = 1024 * 1024  # CAR bytes allowed beyond 2 * max_size (header, frames, inner nodes)
-_UNIXFS_RAW, _UNIXFS_FILE = 0, 2
+#: The slowest peer worth waiting for, and over how long it is judged (curl's LOW_SPEED_TIME,
+#: which pacman sets to 10 s; pacman itself only gives up below 1 byte/s). 32 KiB/s is far
+#: below any mirror: a peer slower than that should give way to one.
+DEFAULT_MIN_SPEED = 32 * 1024
+SPEED_WINDOW = 10.0
 
 
 class GatewayFetchError(Exception):
-    """A peer's gateway did not deliver exactly the DAG of the CID asked for."""
+    """A peer's gateway did not deliver exactly the DAG of the CID asked for, or not in time."""
 
     def __init__(self, base_url: str, root: CID, reason: str) -> None:
         super().__init__(f"fetching {root} from {base_url}: {reason}")
         self.base_url = base_url
         self.root = root
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class Pace:
+    """Time bounds of one fetch: ``deadline`` in total, and ``min_speed`` over each window."""
+
+    deadline: float
+    min_speed: int = DEFAULT_MIN_SPEED
+    window: float = SPEED_WINDOW
 
 
 async def fetch_car(
@@ -47,45 +69,159 @@ async def fetch_car(
     out: BinaryIO,
     *,
     max_size: int | None = None,
+    deadline: float | None = None,
+    min_speed: int = DEFAULT_MIN_SPEED,
+    speed_window: float = SPEED_WINDOW,
 ) -> int:
     """Fetch the UnixFS file ``root`` from a peer, verified, into ``out``; bytes written.
 
-    Raises :class:`GatewayFetchError` for any failure (HTTP, CAR framing, a block that is
-    not the expected one or not its CID's, a truncated stream, more than ``max_size`` bytes
-    written, or a CAR over twice ``max_size`` plus 1 MiB: a peer-made DAG of empty nodes
-    could otherwise go on for ever without writing a byte). Errors writing ``out`` propagate
-    as they are (they are ours, not the peer's). Stalls are bounded by the session's
-    ``ClientTimeout`` (set ``sock_read``). ``out`` is written synchronously: a local file.
+    Raises :class:`GatewayFetchError` for any failure: HTTP, CAR framing, a block that is not
+    the expected one or not its CID's, a DAG declaring more than ``max_size`` bytes (or
+    inconsistent sizes, see :class:`~pacswarm.ipfs.unixfs.FileBudget`), a truncated stream, a
+    CAR over twice ``max_size`` plus 1 MiB, ``deadline`` seconds passed (default
+    :func:`~pacswarm.ipfs.unixfs.default_deadline`), or fewer than ``min_speed`` bytes/s
+    over ``speed_window`` seconds. Errors writing ``out`` propagate as they are (they are
+    ours, not the peer's). ``out`` is written synchronously: a local file.
+    """
+    pace = Pace(
+        default_deadline(max_size) if deadline is None else deadline, min_speed, speed_window
+    )
+    written = 0
+
+    def write(data: bytes | memoryview) -> None:
+        nonlocal written
+        out.write(data)
+        written += len(data)
+
+    async for _ in _stream(session, base_url, root, max_size, pace, write, out):
+        pass
+    return written
+
+
+async def iter_file(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    root: CID,
+    *,
+    offset: int = 0,
+    max_size: int | None = None,
+    deadline: float | None = None,
+    min_speed: int = DEFAULT_MIN_SPEED,
+    speed_window: float = SPEED_WINDOW,
+) -> AsyncIterator[bytes]:
+    """The bytes of the UnixFS file ``root`` from ``offset`` on, in order, each verified.
+
+    The same walk and bounds as :func:`fetch_car`; bytes before ``offset`` are fetched and
+    checked but not yielded (the gateway serves whole files only). The deadline and speed
+    count only time spent waiting for the peer, not time the consumer holds a chunk. A gateway
+    answering ``dups=n`` is refused (repeats cannot be copied back without an output file).
+    Raises :class:`GatewayFetchError` as :func:`fetch_car` does.
+    """
+    pace = Pace(
+        default_deadline(max_size) if deadline is None else deadline, min_speed, speed_window
+    )
+    pending: list[bytes | memoryview] = []
+    position = 0
+    async for _ in _stream(session, base_url, root, max_size, pace, pending.append, None):
+        for data in pending:
+            start, position = position, position + len(data)
+            if position > offset:
+                yield bytes(data[max(0, offset - start) :])
+        pending.clear()
+
+
+Write = Callable[[bytes | memoryview], None]
+T = TypeVar("T")
+
+
+async def _stream(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    root: CID,
+    max_size: int | None,
+    pace: Pace,
+    write: Write,
+    reread: BinaryIO | None,
+) -> AsyncIterator[None]:
+    """Walk the CAR of ``root``, calling ``write`` in file order; yields after each chunk.
+
+    Never yields inside a timeout: each read is bounded on its own (:class:`_Clock`), so a
+    consumer holding a yielded chunk is neither timed nor cancelled.
     """
     budget = None if max_size is None else 2 * max_size + _SLACK
     url = f"{base_url.rstrip('/')}/ipfs/{root}?format=car&car-order=dfs&car-dups=y"
+    clock = _Clock(pace)
     try:
-        async with session.get(url, headers={"Accept": CAR_ACCEPT}, allow_redirects=False) as resp:
+        request = session.get(url, headers={"Accept": CAR_ACCEPT}, allow_redirects=False)
+        async with await clock.wait(request) as resp:
             if resp.status != 200:
                 raise _Refused(f"HTTP {resp.status}")
             dups = _check_content_type(resp.headers.get("Content-Type", ""))
-            walker = _DagWalker(root, out, max_size, dups)
+            if not dups and reread is None:
+                raise _Refused("peer omits repeated blocks (dups=n): cannot stream the file")
+            walker = _DagWalker(root, write, reread, FileBudget(max_size), dups)
             reader = CarReader()
             received = 0
-            async for chunk in resp.content.iter_any():  # as received: no re-chunking copy
+            while chunk := await clock.wait(resp.content.readany()):
+                clock.got(len(chunk))
                 received += len(chunk)
                 if budget is not None and received > budget:
                     raise _Refused(f"CAR larger than {budget} bytes for max_size={max_size}")
                 for cid, block in _feed(reader, chunk):
                     walker.check_roots(reader.roots)
                     walker.accept(cid, block)
+                yield
             reader.finish()
             walker.check_roots(reader.roots)
-            return walker.finish()
+            walker.finish()
     except _Refused as e:
         raise GatewayFetchError(base_url, root, str(e)) from None
+    except UnixFSError as e:
+        raise GatewayFetchError(base_url, root, f"bad DAG: {e}") from None
     except (CarError, CIDError) as e:
         raise GatewayFetchError(base_url, root, f"bad CAR: {e}") from None
     except (aiohttp.ClientError, TimeoutError) as e:
         raise GatewayFetchError(base_url, root, f"transfer failed: {e!r}") from None
 
 
-def _feed(reader: CarReader, chunk: bytes) -> list[tuple[CID, bytes]]:
+class _Clock:
+    """Bounds each wait on the peer by what is left of the deadline and of the speed window.
+
+    Only time spent waiting counts (see :func:`iter_file`). A window ends once it has brought
+    ``min_speed * window`` bytes; a wait that would outlast it is a peer too slow.
+    """
+
+    def __init__(self, pace: Pace) -> None:
+        self.pace = pace
+        self.waited = 0.0
+        self.window_start = 0.0
+        self.window_bytes = 0
+
+    async def wait(self, step: Awaitable[T]) -> T:
+        deadline_left = self.pace.deadline - self.waited
+        window_left = self.window_start + self.pace.window - self.waited
+        started = time.monotonic()
+        try:
+            return await asyncio.wait_for(step, max(0.0, min(deadline_left, window_left)))
+        except TimeoutError:
+            if deadline_left <= window_left:
+                raise _Refused(
+                    f"not done within the deadline of {self.pace.deadline:g} s"
+                ) from None
+            raise _Refused(
+                f"slower than {self.pace.min_speed} bytes/s over {self.pace.window:g} s"
+                f" ({self.window_bytes} bytes)"
+            ) from None
+        finally:
+            self.waited += time.monotonic() - started
+
+    def got(self, n: int) -> None:
+        self.window_bytes += n
+        if self.window_bytes >= self.pace.min_speed * self.pace.window:
+            self.window_start, self.window_bytes = self.waited, 0
+
+
+def _feed(reader: CarReader, chunk: bytes) -> list[tuple[CID, memoryview]]:
     """``reader.feed``, with every parse failure as :class:`CarError`.
 
     ``car._parse_header`` can raise ``IndexError`` (header cut after a CID tag) or
@@ -114,6 +250,14 @@ def _check_content_type(value: str) -> bool:
     return params.get("dups") == "y"
 
 
+@dataclass(frozen=True)
+class _Due:
+    """A block due next on the walk, and the file bytes it must hold (None: the root)."""
+
+    cid: CID
+    size: int | None
+
+
 @dataclass
 class _End:
     """Marks where a subtree ends on the walk stack, to remember its range of output."""
@@ -127,16 +271,17 @@ class _DagWalker:
     """Checks that blocks arrive in DFS order of ``root``'s DAG and writes the file's bytes."""
 
     root: CID
-    out: BinaryIO
-    max_size: int | None
+    write: Write
+    reread: BinaryIO | None  # the output so far, to copy back what a dups=n peer omits
+    budget: FileBudget
     dups: bool
     written: int = 0
-    stack: list[CID | _End] = field(default_factory=list)
+    stack: list[_Due | _End] = field(default_factory=list)
     done: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     roots_checked: bool = False
 
     def __post_init__(self) -> None:
-        self.stack.append(self.root)
+        self.stack.append(_Due(self.root, None))
 
     def check_roots(self, roots: tuple[CID, ...]) -> None:
         if self.roots_checked:
@@ -146,19 +291,25 @@ class _DagWalker:
             raise _Refused(f"CAR roots ({shown}) do not include {self.root}")
         self.roots_checked = True
 
-    def accept(self, cid: CID, block: bytes) -> None:
+    def accept(self, cid: CID, block: memoryview) -> None:
         """One verified block from the stream: it must be the next one of the walk."""
         self._skip_done(_name(cid))
         if not self.stack:
             raise _Refused(f"unexpected block {cid} after the end of the DAG")
-        expected = self.stack.pop()
-        if not isinstance(expected, CID) or _name(cid) != _name(expected):
-            raise _Refused(f"got block {cid} where {expected} was due")
+        due = self.stack.pop()
+        if not isinstance(due, _Due) or _name(cid) != _name(due.cid):
+            raise _Refused(f"got block {cid} where {self._shown(due)} was due")
         if cid.codec == RAW:
+            self.budget.leaf(cid, len(block), due.size)
             self._write(block)
             self.done[_name(cid)] = (self.written - len(block), self.written)
         elif cid.codec == DAG_PB:
-            self._inner(cid, block)
+            node = self.budget.decode(cid, block)
+            self.budget.node(cid, node, due.size)
+            self.stack.append(_End(_name(cid), self.written))
+            self._write(node.data)
+            children = zip(node.links, node.blocksizes, strict=True)
+            self.stack.extend(reversed([_Due(link.cid, size) for link, size in children]))
         else:
             raise _Refused(f"block {cid} has a codec that is not UnixFS")
 
@@ -166,21 +317,8 @@ class _DagWalker:
         """After the last block: the walk must be complete."""
         self._skip_done(None)
         if self.stack:
-            raise _Refused(f"CAR ended before block {self._next()} (incomplete DAG)")
+            raise _Refused(f"CAR ended before block {self._shown(self.stack[-1])} (incomplete DAG)")
         return self.written
-
-    def _inner(self, cid: CID, block: bytes) -> None:
-        try:
-            node = decode_node(block)
-        except CIDError as e:
-            raise _Refused(f"block {cid} is not valid dag-pb: {e}") from None
-        kind, data = _unixfs_data(node.data)
-        if kind not in (_UNIXFS_RAW, _UNIXFS_FILE):
-            raise _Refused(f"block {cid} is not a UnixFS file node (type {kind})")
-        start = self.written
-        self._write(data)
-        self.stack.append(_End(_name(cid), start))
-        self.stack.extend(reversed([link.cid for link in node.links]))
 
     def _skip_done(self, incoming: bytes | None) -> None:
         """Close finished subtrees; copy back repeats a ``dups=n`` peer leaves out."""
@@ -190,62 +328,44 @@ class _DagWalker:
                 self.stack.pop()
                 self.done[top.name] = (top.start, self.written)
                 continue
-            name = _name(top)
+            name = _name(top.cid)
             if self.dups or name == incoming or name not in self.done:
                 return
             self.stack.pop()
-            self._copy_back(*self.done[name])
+            start, end = self.done[name]
+            if top.size is not None and end - start != top.size:
+                raise _Refused(
+                    f"repeated block {top.cid} holds {end - start} bytes, not {top.size}"
+                )
+            self._copy_back(start, end)
 
     def _copy_back(self, start: int, end: int) -> None:
-        if not (self.out.seekable() and self.out.readable()):
+        out = self.reread
+        if out is None or not (out.seekable() and out.readable()):
             raise _Refused("peer omitted a repeated block and the output cannot be re-read")
         pos = start
         while pos < end:
-            self.out.seek(pos)
-            data = self.out.read(min(_READ_SIZE, end - pos))
+            out.seek(pos)
+            data = out.read(min(_READ_SIZE, end - pos))
             if not data:
                 raise _Refused("output shrank while copying a repeated block")
-            self.out.seek(self.written)
+            out.seek(self.written)
             self._write(data)
             pos += len(data)
 
-    def _write(self, data: bytes) -> None:
-        if self.max_size is not None and self.written + len(data) > self.max_size:
-            raise _Refused(f"more than max_size={self.max_size} bytes")
-        self.out.write(data)
+    def _write(self, data: bytes | memoryview) -> None:
+        limit = self.budget.max_size
+        if limit is not None and self.written + len(data) > limit:
+            raise _Refused(f"more than max_size={limit} bytes")
+        if data:
+            self.write(data)
         self.written += len(data)
 
-    def _next(self) -> str:
-        top = self.stack[-1]
-        return str(top) if isinstance(top, CID) else "?"
+    @staticmethod
+    def _shown(entry: _Due | _End) -> str:
+        return str(entry.cid) if isinstance(entry, _Due) else "the end of a node"
 
 
 def _name(cid: CID) -> bytes:
     """Compare CIDs by content: v0 and v1 of one dag-pb block are the same block."""
     return bytes([cid.codec]) + cid.digest
-
-
-def _unixfs_data(data: bytes | None) -> tuple[int, bytes]:
-    """(UnixFS type, inline bytes) from a dag-pb node's Data; refuses a non-UnixFS node."""
-    if data is None:
-        raise _Refused("dag-pb node without UnixFS data")
-    kind, inline, pos = -1, b"", 0
-    try:
-        while pos < len(data):
-            tag, pos = decode_varint(data, pos)
-            if tag & 7 == 0:
-                value, pos = decode_varint(data, pos)
-                if tag >> 3 == 1:
-                    kind = value
-            elif tag & 7 == 2:
-                length, pos = decode_varint(data, pos)
-                if pos + length > len(data):
-                    raise _Refused("truncated UnixFS data")
-                if tag >> 3 == 2:
-                    inline = data[pos : pos + length]
-                pos += length
-            else:
-                raise _Refused("UnixFS data with an unexpected wire type")
-    except CIDError:
-        raise _Refused("malformed UnixFS data") from None
-    return kind, inline

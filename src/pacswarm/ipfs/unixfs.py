@@ -140,6 +140,11 @@ MAX_LINKS_ACCEPTED = 1024
 MIN_AVERAGE_BLOCK = 16 * 1024
 #: Blocks a fetch with no ``max_size`` may walk (1 TiB in 256 KiB chunks): only for trusted DAGs.
 MAX_BLOCKS_UNCAPPED = 1 << 22
+#: A whole fetch's default deadline: a minute to start, then the file at 256 KiB/s, the pace
+#: below which a peer is worse than any mirror. Without ``max_size``: an hour.
+DEADLINE_BASE = 60.0
+DEADLINE_RATE = 256 * 1024
+UNCAPPED_DEADLINE = 3600.0
 _RAW_TYPE = 0  # UnixFS Data.DataType.Raw (old CIDv0 leaves)
 
 
@@ -234,6 +239,13 @@ def max_blocks_for(max_size: int | None) -> int:
     if max_size is None:
         return MAX_BLOCKS_UNCAPPED
     return 64 + max_size // MIN_AVERAGE_BLOCK
+
+
+def default_deadline(max_size: int | None) -> float:
+    """Seconds a whole fetch of at most ``max_size`` bytes may take by default."""
+    if max_size is None:
+        return UNCAPPED_DEADLINE
+    return DEADLINE_BASE + max_size / DEADLINE_RATE
 
 
 class FileBudget:
