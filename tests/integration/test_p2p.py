@@ -424,6 +424,48 @@ def test_bitswap_fetch_deadline(tmp_path: Path) -> None:
     assert run(main()) < 10  # the stall timeout (30 s) did not fire first
 
 
+class _CountingBlocks(MemoryBlocks):
+    """Records which blocks were served, to show what a fetch from an offset skips."""
+
+    def __init__(self, blocks: MemoryBlocks) -> None:
+        super().__init__()
+        self._blocks = dict(blocks._blocks)
+        self.served: list[bytes] = []
+
+    def get(self, cid: CID) -> bytes | None:
+        self.served.append(cid.digest)
+        return super().get(cid)
+
+
+def test_bitswap_fetch_from_an_offset_skips_the_leaves_before_it(tmp_path: Path) -> None:
+    """What a resumed download asks for: the bytes from the offset, and only the leaves that
+    hold them are fetched (the blocksizes say where each subtree ends)."""
+    data = os.urandom(10 * 256 * 1024 + 99)  # 11 leaves under one node
+    result = import_bytes(data)
+    leaves = {leaf.cid.digest for leaf in result.leaves}
+    offsets = [0, 1, 256 * 1024, 5 * 256 * 1024 + 7, len(data) - 1, len(data)]
+
+    async def main() -> list[tuple[bytes, int]]:
+        blocks = _CountingBlocks(blocks_of(result, data))
+        got = []
+        async with hosts(tmp_path, blocks, None) as (seeder, leecher):
+            peers = [seeder.listen_addrs()[0]]
+            for offset in offsets:
+                blocks.served.clear()
+                out = io.BytesIO()
+                written = await leecher.fetch_file(
+                    result.root, out, peers, max_size=len(data), offset=offset
+                )
+                assert written == len(out.getvalue())
+                got.append((out.getvalue(), len(leaves & set(blocks.served))))
+        return got
+
+    for offset, (got, leaves_served) in zip(offsets, run(main()), strict=True):
+        assert got == data[offset:], offset
+        needed = [leaf for leaf in result.leaves if leaf.offset + leaf.length > offset]
+        assert leaves_served == len(needed), offset
+
+
 # ── interop (skipped unless the harnesses and their runtimes exist) ─────────────────────
 
 

@@ -46,23 +46,36 @@ class FetchError(RuntimeError):
 
 
 class _Slot:
-    """One position of the walk: a CID due, then its bytes; ``size`` is what it must hold."""
+    """One position of the walk: a CID due, then its bytes; ``size`` is what it must hold.
 
-    __slots__ = ("cid", "data", "size")
+    ``start`` is its offset in the file: positions wholly before the fetch's offset are never
+    made, and the one straddling it is cut when written.
+    """
 
-    def __init__(self, cid: CID | None, data: bytes | None = None, size: int | None = None) -> None:
+    __slots__ = ("cid", "data", "size", "start")
+
+    def __init__(
+        self, cid: CID | None, data: bytes | None = None, size: int | None = None, start: int = 0
+    ) -> None:
         self.cid = cid
         self.data = data
         self.size = size  # None only for the root: bounded by max_size instead
+        self.start = start
 
 
 class FileFetch:
     """State of one fetch; a :class:`~pacswarm.ipfs.bitswap.BlockSink` of the engine."""
 
     def __init__(
-        self, root: CID, peers: list[ID], window: int, max_size: int | None = None
+        self,
+        root: CID,
+        peers: list[ID],
+        window: int,
+        max_size: int | None = None,
+        offset: int = 0,
     ) -> None:
         self.budget = FileBudget(max_size)
+        self.offset = offset
         self.peers = peers
         self.window = window
         self.slots: list[_Slot] = [_Slot(root)]
@@ -136,9 +149,14 @@ class FileFetch:
         if node is None:
             raise FetchError(f"unsupported codec 0x{slot.cid.codec:x}")
         self.budget.node(slot.cid, node, slot.size)  # before a child is made
-        children = [_Slot(None, node.data)] if node.data else []
+        start = slot.start + len(node.data)
+        inline = node.data and start > self.offset
+        children = [_Slot(None, node.data, start=slot.start)] if inline else []
         for link, size in zip(node.links, node.blocksizes, strict=True):
-            child = _Slot(link.cid, size=size)
+            start += size
+            if start <= self.offset:
+                continue  # wholly before the offset: never fetched
+            child = _Slot(link.cid, size=size, start=start - size)
             children.append(child)
             self.waiting.setdefault(link.cid.digest, []).append(child)
         index = self.slots.index(slot, self.head)
@@ -192,8 +210,11 @@ class FileFetch:
         """Write the ready slots at the head; returns bytes written."""
         written = 0
         while self.head < len(self.slots) and self.slots[self.head].data is not None:
-            data = self.slots[self.head].data
+            slot = self.slots[self.head]
+            data = slot.data
             assert data is not None
+            if slot.start < self.offset:
+                data = data[self.offset - slot.start :]
             out.write(data)
             written += len(data)
             self.slots[self.head] = _Slot(None, b"")
@@ -230,20 +251,23 @@ async def fetch_file(
     *,
     max_size: int | None = None,
     deadline: float | None = None,
+    offset: int = 0,
 ) -> int:
     """Fetch the UnixFS file ``root`` from ``peers`` into ``out``; returns bytes written.
 
     Runs on the trio thread. ``max_size``: the most bytes the file may have (the db's CSIZE);
     a DAG declaring more, or whose parts disagree with what their parents declared, is refused
     at the block that says so. None is only for DAGs you trust. ``deadline``: seconds for the
-    whole fetch (default :func:`default_deadline`). Raises :class:`FetchError` for a bad DAG,
-    when no peer has a block, none answers for ``stall_timeout`` seconds, or the deadline
-    passes; ``BlockMismatchError`` on a corrupt block.
+    whole fetch (default :func:`default_deadline`). ``offset``: write the file from there on;
+    subtrees wholly before it are not fetched (the blocksizes say where they end). Raises
+    :class:`FetchError` for a bad DAG, when no peer has a block, none answers for
+    ``stall_timeout`` seconds, or the deadline passes; ``BlockMismatchError`` on a corrupt
+    block.
     """
     if not peers:
         raise FetchError(f"no peers to fetch {root} from")
     limit = default_deadline(max_size) if deadline is None else deadline
-    fetch = FileFetch(root, peers, max(1, window), max_size)
+    fetch = FileFetch(root, peers, max(1, window), max_size, offset)
     engine.sinks.add(fetch)
     try:
         with trio.fail_after(limit):

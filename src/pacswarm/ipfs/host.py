@@ -308,6 +308,7 @@ class P2PHost:
         *,
         max_size: int | None = None,
         deadline: float | None = None,
+        offset: int = 0,
     ) -> int:
         """Fetch the UnixFS file ``root`` over Bitswap into ``out``; returns bytes written.
 
@@ -316,10 +317,11 @@ class P2PHost:
         returns. Every block is checked against its CID (``BlockMismatchError``).
         ``stall_timeout``: seconds without any block before the next peer is tried (or
         :class:`FetchError`); the proxy, bound by pacman's 10 s rule, may want it short.
-        ``max_size`` (the db's CSIZE) and ``deadline``: see :func:`.bitswap_fetch.fetch_file`;
-        give ``max_size`` for any DAG a peer chose.
+        ``max_size`` (the db's CSIZE), ``deadline`` and ``offset`` (write the file from there
+        on): see :func:`.bitswap_fetch.fetch_file`; give ``max_size`` for any DAG a peer chose.
         """
-        args = (root, out, peers, window or self.window, stall_timeout, max_size, deadline)
+        window = window or self.window
+        args = (root, out, peers, window, stall_timeout, max_size, deadline, offset)
         return await self.bridge.run(self._fetch_in_trio, *args)
 
     async def _fetch_in_trio(
@@ -331,6 +333,7 @@ class P2PHost:
         stall_timeout: float,
         max_size: int | None = None,
         deadline: float | None = None,
+        offset: int = 0,
     ) -> int:
         assert self.libp2p_host is not None and self.bitswap is not None
         ids = [ID.from_base58(await self._connect_in_trio(a)) for a in peers or []]
@@ -355,6 +358,7 @@ class P2PHost:
             stall_timeout,
             max_size=max_size,
             deadline=deadline,
+            offset=offset,
         )
 
 
