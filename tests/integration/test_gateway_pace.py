@@ -214,3 +214,20 @@ def test_iter_file_can_be_left_early(store: tuple[PackageBlockstore, CID]) -> No
             return b"".join([p async for p in iter_file(s, url, root, max_size=len(DATA))])
 
     assert asyncio.run(main()) == DATA
+
+
+def test_the_sessions_own_read_timeout_stays_a_transfer_failure(
+    store: tuple[PackageBlockstore, CID],
+) -> None:
+    """aiohttp's sock_read timeout is also a TimeoutError: it must not pass for our pace."""
+    blocks, root = store
+
+    async def main() -> str:
+        app = trickling(car_of(blocks, root), 1000, 2.0)
+        timeout = aiohttp.ClientTimeout(sock_read=0.5)
+        async with serve(app) as url, aiohttp.ClientSession(timeout=timeout) as s:
+            with pytest.raises(GatewayFetchError) as err:
+                await fetch_car(s, url, root, io.BytesIO(), max_size=len(DATA), min_speed=1)
+            return str(err.value)
+
+    assert "transfer failed" in asyncio.run(main())

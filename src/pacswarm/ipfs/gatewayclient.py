@@ -11,7 +11,7 @@ Bounds: each node goes through :class:`~pacswarm.ipfs.unixfs.FileBudget` (the on
 decoder and rule set, shared with the Bitswap fetch), so a DAG declaring more than
 ``max_size``, or whose parts disagree with what their parents declared, is refused at the block
 that says so; the CAR's bytes are capped too. Time: a total ``deadline`` and a minimum speed
-(at least ``min_speed`` bytes/s over every ``speed_window`` seconds of waiting), so a peer that
+(at least ``min_speed`` bytes/s over every ``speed_window`` seconds), so a peer that
 trickles a valid CAR a byte a second is cut after one window.
 
 We ask for ``dups=y`` (every occurrence of a repeated block is sent) so nothing needs keeping.
@@ -113,7 +113,7 @@ async def iter_file(
 
     The same walk and bounds as :func:`fetch_car`; bytes before ``offset`` are fetched and
     checked but not yielded (the gateway serves whole files only). The deadline and speed
-    count only time spent waiting for the peer, not time the consumer holds a chunk. A gateway
+    do not count the time the consumer holds a chunk (between yields). A gateway
     answering ``dups=n`` is refused (repeats cannot be copied back without an output file).
     Raises :class:`GatewayFetchError` as :func:`fetch_car` does.
     """
@@ -145,7 +145,7 @@ async def _stream(
 ) -> AsyncIterator[None]:
     """Walk the CAR of ``root``, calling ``write`` in file order; yields after each chunk.
 
-    Never yields inside a timeout: each read is bounded on its own (:class:`_Clock`), so a
+    Never yields inside a timeout: each wait is bounded on its own (:class:`_Clock`), so a
     consumer holding a yielded chunk is neither timed nor cancelled.
     """
     budget = None if max_size is None else 2 * max_size + _SLACK
@@ -170,7 +170,9 @@ async def _stream(
                 for cid, block in _feed(reader, chunk):
                     walker.check_roots(reader.roots)
                     walker.accept(cid, block)
+                held = time.monotonic()
                 yield
+                clock.held += time.monotonic() - held
             reader.finish()
             walker.check_roots(reader.roots)
             walker.finish()
@@ -187,23 +189,31 @@ async def _stream(
 class _Clock:
     """Bounds each wait on the peer by what is left of the deadline and of the speed window.
 
-    Only time spent waiting counts (see :func:`iter_file`). A window ends once it has brought
-    ``min_speed * window`` bytes; a wait that would outlast it is a peer too slow.
+    The fetch's time is wall time less the time a consumer of :func:`iter_file` held a chunk
+    (``held``). A window ends once it has brought ``min_speed * window`` bytes; a wait that
+    would outlast it is a peer too slow.
     """
 
     def __init__(self, pace: Pace) -> None:
         self.pace = pace
-        self.waited = 0.0
+        self.started = time.monotonic()
+        self.held = 0.0
         self.window_start = 0.0
         self.window_bytes = 0
 
+    def now(self) -> float:
+        return time.monotonic() - self.started - self.held
+
     async def wait(self, step: Awaitable[T]) -> T:
-        deadline_left = self.pace.deadline - self.waited
-        window_left = self.window_start + self.pace.window - self.waited
-        started = time.monotonic()
+        now = self.now()
+        deadline_left = self.pace.deadline - now
+        window_left = self.window_start + self.pace.window - now
         try:
-            return await asyncio.wait_for(step, max(0.0, min(deadline_left, window_left)))
+            async with asyncio.timeout(max(0.0, min(deadline_left, window_left))) as scope:
+                return await step
         except TimeoutError:
+            if not scope.expired():
+                raise  # aiohttp's own (sock_read): a transfer failure
             if deadline_left <= window_left:
                 raise _Refused(
                     f"not done within the deadline of {self.pace.deadline:g} s"
@@ -212,13 +222,11 @@ class _Clock:
                 f"slower than {self.pace.min_speed} bytes/s over {self.pace.window:g} s"
                 f" ({self.window_bytes} bytes)"
             ) from None
-        finally:
-            self.waited += time.monotonic() - started
 
     def got(self, n: int) -> None:
         self.window_bytes += n
         if self.window_bytes >= self.pace.min_speed * self.pace.window:
-            self.window_start, self.window_bytes = self.waited, 0
+            self.window_start, self.window_bytes = self.now(), 0
 
 
 def _feed(reader: CarReader, chunk: bytes) -> list[tuple[CID, memoryview]]:
