@@ -274,7 +274,7 @@ async def fetch_file(
             return await _run(engine, fetch, out, stall_timeout)
     except trio.TooSlowError:
         raise FetchError(
-            f"{root} not fetched within the deadline of {limit:.0f} s: the peers are too slow"
+            f"{root} not fetched within the deadline of {limit:g} s: the peers are too slow"
         ) from None
     finally:
         engine.sinks.discard(fetch)
