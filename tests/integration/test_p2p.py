@@ -386,6 +386,36 @@ def test_bitswap_dag_of_many_tiny_repeats_is_refused(tmp_path: Path) -> None:
     assert "blocks, more than the 12864 allowed for max_size=209715200" in str(error)
 
 
+def test_bitswap_dag_of_repeats_within_the_bounds_costs_little(tmp_path: Path) -> None:
+    """The worst a peer can do under a 4 GiB max_size: 4 distinct blocks, the root linking X
+    127 times, X linking node Y 1024 times, Y linking a 100-byte leaf. Consistent sizes, 260k
+    positions (just under the 262208 allowed): a valid 13 MB file. Its 130k copies of Y are
+    expanded in place, not by searching the walk for each (130k x 65k steps)."""
+    leaf = b"L" * 100
+    blocks = MemoryBlocks([(CID.of(leaf, RAW), leaf)])
+    cid, size = CID.of(leaf, RAW), len(leaf)
+    for fanout in (1, 1024, 127):
+        links = tuple(PBLink(cid, "", size) for _ in range(fanout))
+        block = encode_node(PBNode(links, encode_file_data(size * fanout, [size] * fanout)))
+        cid, size = CID.of(block, DAG_PB), size * fanout
+        blocks.put(cid, block)
+
+    async def main() -> tuple[int, float]:
+        async with hosts(tmp_path, blocks, None) as (seeder, leecher):
+            peers = [seeder.listen_addrs()[0]]
+            out = io.BytesIO()
+            started = time.process_time()
+            await leecher.fetch_file(cid, out, peers, max_size=4 << 30)
+            cpu = time.process_time() - started
+            print(f"\n{len(out.getvalue())} bytes from 4 blocks: {cpu:.2f} s CPU")
+            assert out.getvalue() == leaf * (127 * 1024)
+            return len(out.getvalue()), cpu
+
+    written, cpu = run(main())
+    assert written == size
+    assert cpu < 20  # generous: normal is about 1 s
+
+
 def test_bitswap_fetch_within_max_size_and_its_edge(tmp_path: Path) -> None:
     """An honest file of exactly max_size is fetched; one byte less refuses it at the root."""
     data = os.urandom(3 * 1024 * 1024 + 5)

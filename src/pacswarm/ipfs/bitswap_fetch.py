@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 64  # Helia breaks at 256 (yamux frame > py-libp2p's window)
 DEFAULT_STALL_TIMEOUT = 30.0
+MAX_SCAN = 4096  # slots next_wants looks at past the ready ones (see there)
 
 
 class FetchError(RuntimeError):
@@ -48,11 +49,13 @@ class FetchError(RuntimeError):
 class _Slot:
     """One position of the walk: a CID due, then its bytes; ``size`` is what it must hold.
 
-    ``start`` is its offset in the file: positions wholly before the fetch's offset are never
-    made, and the one straddling it is cut when written.
+    Slots form a singly linked list in file order, so a node's block is replaced by its
+    children in place, in time proportional to its links (a list splice would cost the
+    length of the walk for every node). ``start`` is its offset in the file: positions
+    wholly before the fetch's offset are never made, the one straddling it is cut when written.
     """
 
-    __slots__ = ("cid", "data", "size", "start")
+    __slots__ = ("cid", "data", "next", "size", "start")
 
     def __init__(
         self, cid: CID | None, data: bytes | None = None, size: int | None = None, start: int = 0
@@ -61,6 +64,7 @@ class _Slot:
         self.data = data
         self.size = size  # None only for the root: bounded by max_size instead
         self.start = start
+        self.next: _Slot | None = None
 
 
 class FileFetch:
@@ -78,10 +82,10 @@ class FileFetch:
         self.offset = offset
         self.peers = peers
         self.window = window
-        self.slots: list[_Slot] = [_Slot(root)]
-        self.head = 0
-        self.scan = 0
-        self.waiting: dict[bytes, list[_Slot]] = {root.digest: [self.slots[0]]}
+        first = _Slot(root)
+        self.head: _Slot | None = first  # the first slot not yet written
+        self.scan: _Slot | None = first  # slots before it are all ready
+        self.waiting: dict[bytes, list[_Slot]] = {root.digest: [first]}
         self.inflight: dict[bytes, tuple[CID, int]] = {}  # digest -> (cid, peer index)
         self.seen: set[bytes] = set()
         self.tried: dict[bytes, set[int]] = {}
@@ -149,43 +153,59 @@ class FileFetch:
         if node is None:
             raise FetchError(f"unsupported codec 0x{slot.cid.codec:x}")
         self.budget.node(slot.cid, node, slot.size)  # before a child is made
-        start = slot.start + len(node.data)
-        inline = node.data and start > self.offset
-        children = [_Slot(None, node.data, start=slot.start)] if inline else []
+        start, children = slot.start, list[_Slot]()
+        if node.data and start + len(node.data) > self.offset:
+            children.append(_Slot(None, node.data, start=start))
+        start += len(node.data)
         for link, size in zip(node.links, node.blocksizes, strict=True):
+            if start + size > self.offset:  # else wholly before the offset: never fetched
+                children.append(_Slot(link.cid, size=size, start=start))
             start += size
-            if start <= self.offset:
-                continue  # wholly before the offset: never fetched
-            child = _Slot(link.cid, size=size, start=start - size)
-            children.append(child)
-            self.waiting.setdefault(link.cid.digest, []).append(child)
-        index = self.slots.index(slot, self.head)
-        self.slots[index : index + 1] = children
-        self.scan = min(self.scan, index)
+        self._replace(slot, children)
+
+    def _replace(self, slot: _Slot, children: list[_Slot]) -> None:
+        """Put ``children`` where ``slot`` is: the slot object becomes the first of them."""
+        if not children:
+            slot.cid, slot.data = None, b""
+            return
+        first, rest = children[0], children[1:]
+        after = slot.next
+        slot.cid, slot.data, slot.size, slot.start = first.cid, first.data, first.size, first.start
+        for child in [slot, *rest]:
+            if child.cid is not None:
+                self.waiting.setdefault(child.cid.digest, []).append(child)
+        prev = slot
+        for child in rest:
+            prev.next = child
+            prev = child
+        prev.next = after
 
     def next_wants(self) -> dict[int, list[CID]]:
-        """CIDs to request now (window permitting), grouped by peer index."""
+        """CIDs to request now (window permitting), grouped by peer index.
+
+        Looks at most :data:`MAX_SCAN` slots past the ready ones: a DAG repeating one CID in
+        many places must not make every call walk all of them.
+        """
         out: dict[int, list[CID]] = {}
         budget = self.window - len(self.inflight)
-        i = self.scan
-        advancing = True
-        while budget > 0 and i < len(self.slots):
-            slot = self.slots[i]
-            i += 1
-            if slot.data is not None or slot.cid is None:
-                self.scan = i if advancing else self.scan
-                continue
-            digest = slot.cid.digest
-            if digest in self.inflight:
-                advancing = False
+        slot, advancing, looked = self.scan, True, 0
+        while budget > 0 and slot is not None and looked < MAX_SCAN:
+            current, slot = slot, slot.next
+            if current.data is not None or current.cid is None:
+                if advancing:
+                    self.scan = slot
                 continue
             advancing = False
+            looked += 1
+            digest = current.cid.digest
+            if digest in self.inflight:
+                continue
             tried = self.tried.get(digest, set())
             peer = next((p for p in self._peer_order() if p not in tried), None)
             if peer is None:  # every peer said DontHave or failed: dont_have() reports it
                 continue
-            self.inflight[digest] = (slot.cid, peer)
-            out.setdefault(peer, []).append(slot.cid)
+            self.inflight[digest] = (current.cid, peer)
+            out.setdefault(peer, []).append(current.cid)
             budget -= 1
         return out
 
@@ -209,25 +229,20 @@ class FileFetch:
     def drain(self, out: BinaryIO) -> int:
         """Write the ready slots at the head; returns bytes written."""
         written = 0
-        while self.head < len(self.slots) and self.slots[self.head].data is not None:
-            slot = self.slots[self.head]
+        while self.head is not None and self.head.data is not None:
+            slot = self.head
             data = slot.data
             assert data is not None
             if slot.start < self.offset:
                 data = data[self.offset - slot.start :]
             out.write(data)
             written += len(data)
-            self.slots[self.head] = _Slot(None, b"")
-            self.head += 1
-        if self.head > 4096:
-            del self.slots[: self.head]
-            self.scan = max(0, self.scan - self.head)
-            self.head = 0
+            self.head = slot.next
         return written
 
     @property
     def done(self) -> bool:
-        return self.head >= len(self.slots)
+        return self.head is None
 
     def rotate(self) -> dict[int, list[CID]]:
         """Peers stopped answering: move every outstanding want to the next peer."""
