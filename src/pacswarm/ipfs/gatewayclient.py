@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import BinaryIO, TypeVar
 
@@ -93,8 +94,9 @@ async def fetch_car(
         out.write(data)
         written += len(data)
 
-    async for _ in _stream(session, base_url, root, max_size, pace, write, out):
-        pass
+    async with aclosing(_stream(session, base_url, root, max_size, pace, write, out)) as steps:
+        async for _ in steps:
+            pass
     return written
 
 
@@ -122,12 +124,14 @@ async def iter_file(
     )
     pending: list[bytes | memoryview] = []
     position = 0
-    async for _ in _stream(session, base_url, root, max_size, pace, pending.append, None):
-        for data in pending:
-            start, position = position, position + len(data)
-            if position > offset:
-                yield bytes(data[max(0, offset - start) :])
-        pending.clear()
+    steps = _stream(session, base_url, root, max_size, pace, pending.append, None)
+    async with aclosing(steps):  # a consumer leaving early closes the response at once
+        async for _ in steps:
+            for data in pending:
+                start, position = position, position + len(data)
+                if position > offset:
+                    yield bytes(data[max(0, offset - start) :])
+            pending.clear()
 
 
 Write = Callable[[bytes | memoryview], None]
