@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from pacswarm.ipfs.blockstore import PackageBlockstore
 from pacswarm.ipfs.car import encode_frame, encode_header
-from pacswarm.ipfs.cid import CID
+from pacswarm.ipfs.cid import CID, RAW
 from pacswarm.ipfs.gateway import gateway_app
 from pacswarm.ipfs.gatewayclient import GatewayFetchError, fetch_car, iter_file
 from pacswarm.ipfs.unixfs import CHUNK_SIZE
@@ -154,13 +155,10 @@ def test_a_slow_but_steady_peer_finishes(store: tuple[PackageBlockstore, CID]) -
 # -- iter_file ------------------------------------------------------------------------------
 
 
-def stream(blocks: PackageBlockstore, root: CID, offset: int, hold: float = 0.0) -> bytes:
+def stream(blocks: PackageBlockstore, root: CID, offset: int, size: int = len(DATA)) -> bytes:
     async def main() -> bytes:
         async with serve(gateway_app(blocks)) as url, aiohttp.ClientSession() as s:
-            parts = []
-            async for part in iter_file(s, url, root, offset=offset, max_size=len(DATA)):
-                parts.append(part)
-                await asyncio.sleep(hold)  # the consumer's time is not the peer's
+            parts = [p async for p in iter_file(s, url, root, offset=offset, max_size=size)]
             return b"".join(parts)
 
     return asyncio.run(main())
@@ -231,3 +229,74 @@ def test_the_sessions_own_read_timeout_stays_a_transfer_failure(
             return str(err.value)
 
     assert "transfer failed" in asyncio.run(main())
+
+
+@pytest.fixture
+def deep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[PackageBlockstore, CID, bytes, list[bytes]]]:
+    """A 3-level file (3 links a node): root -> [9 chunks, 4 chunks]; and the blocks served."""
+    data = random.Random(7).randbytes(13 * CHUNK_SIZE - 100)  # 13 distinct chunks
+    path = tmp_path / "cache" / KEY
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    blocks = PackageBlockstore(tmp_path / "b.sqlite", lambda key: tmp_path / "cache" / key)
+    with monkeypatch.context() as m:
+        m.setattr("pacswarm.ipfs.unixfs.MAX_LINKS", 3)
+        root = blocks.add_package(KEY, path)
+    served: list[bytes] = []
+    get = blocks.get
+
+    def counting_get(cid: CID) -> bytes | None:
+        served.append(cid.digest)
+        return get(cid)
+
+    blocks.get = counting_get  # type: ignore[method-assign]
+    try:
+        yield blocks, root, data, served
+    finally:
+        blocks.close()
+
+
+@pytest.mark.parametrize(
+    ("offset", "leaves"),
+    [(0, 13), (CHUNK_SIZE + 1, 13), (9 * CHUNK_SIZE, 4), (10 * CHUNK_SIZE + 5, 4), (-1, 4)],
+)
+def test_iter_file_from_an_offset_skips_the_subtrees_before_it(
+    deep: tuple[PackageBlockstore, CID, bytes, list[bytes]], offset: int, leaves: int
+) -> None:
+    blocks, root, data, served = deep
+    offset = len(data) - 1 if offset == -1 else offset
+    raw_leaves = {c.digest for c, b in blocks.dag_blocks(root) if c.codec == RAW}
+    assert len(raw_leaves) == 13
+    served.clear()
+    assert stream(blocks, root, offset, size=len(data)) == data[offset:]
+    assert len([d for d in served if d in raw_leaves]) == leaves
+
+
+def test_iter_file_from_the_end_yields_nothing(
+    deep: tuple[PackageBlockstore, CID, bytes, list[bytes]],
+) -> None:
+    blocks, root, data, _ = deep
+    assert stream(blocks, root, len(data), size=len(data)) == b""
+
+
+def test_iter_file_from_an_offset_checks_the_root_block(
+    deep: tuple[PackageBlockstore, CID, bytes, list[bytes]],
+) -> None:
+    """The root fetched alone must still be the root's block, else nothing is yielded."""
+    _, root, data, _ = deep
+
+    async def wrong_block(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"not the root", content_type="application/vnd.ipld.raw")
+
+    async def main() -> str:
+        app = web.Application()
+        app.router.add_get("/ipfs/{cid}", wrong_block)
+        async with serve(app) as url, aiohttp.ClientSession() as s:
+            with pytest.raises(GatewayFetchError) as err:
+                async for _ in iter_file(s, url, root, offset=10, max_size=len(data)):
+                    pytest.fail("yielded bytes of a wrong root")
+            return str(err.value)
+
+    assert f"block {root} does not match its CID" in asyncio.run(main())

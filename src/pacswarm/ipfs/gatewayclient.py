@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO, TypeVar
 
 import aiohttp
 
-from pacswarm.ipfs.car import CarError, CarReader
+from pacswarm.ipfs.car import MAX_FRAME, CarError, CarReader
 from pacswarm.ipfs.cid import CID, DAG_PB, RAW, CIDError
 from pacswarm.ipfs.unixfs import FileBudget, UnixFSError, default_deadline
 
 CAR_ACCEPT = "application/vnd.ipld.car; version=1; order=dfs; dups=y"
+CAR_QUERY = "format=car&car-order=dfs&car-dups=y"
+RAW_ACCEPT = "application/vnd.ipld.raw"
 _READ_SIZE = 256 * 1024
 _SLACK = 1024 * 1024  # CAR bytes allowed beyond 2 * max_size (header, frames, inner nodes)
 #: The slowest peer worth waiting for, and over how long it is judged (curl's LOW_SPEED_TIME,
@@ -84,9 +86,7 @@ async def fetch_car(
     over ``speed_window`` seconds. Errors writing ``out`` propagate as they are (they are
     ours, not the peer's). ``out`` is written synchronously: a local file.
     """
-    pace = Pace(
-        default_deadline(max_size) if deadline is None else deadline, min_speed, speed_window
-    )
+    fetch = _Fetch.start(session, base_url, root, max_size, deadline, min_speed, speed_window)
     written = 0
 
     def write(data: bytes | memoryview) -> None:
@@ -94,7 +94,7 @@ async def fetch_car(
         out.write(data)
         written += len(data)
 
-    async with aclosing(_stream(session, base_url, root, max_size, pace, write, out)) as steps:
+    async with aclosing(_stream(fetch, root, None, write, out)) as steps:
         async for _ in steps:
             pass
     return written
@@ -113,64 +113,150 @@ async def iter_file(
 ) -> AsyncIterator[bytes]:
     """The bytes of the UnixFS file ``root`` from ``offset`` on, in order, each verified.
 
-    The same walk and bounds as :func:`fetch_car`; bytes before ``offset`` are fetched and
-    checked but not yielded (the gateway serves whole files only). The deadline and speed
-    do not count the time the consumer holds a chunk (between yields). A gateway
-    answering ``dups=n`` is refused (repeats cannot be copied back without an output file).
-    Raises :class:`GatewayFetchError` as :func:`fetch_car` does.
+    The same walk and bounds as :func:`fetch_car`. From an offset, the root block is fetched
+    alone (``?format=raw``) and its subtrees that end before the offset are skipped; the
+    others come as one CAR each. A file of one level (at most 174 chunks, 45 MiB) comes as
+    one CAR, the bytes before the offset checked but not yielded. The deadline and speed do
+    not count the time the consumer holds a chunk (between yields). A gateway answering
+    ``dups=n`` is refused (repeats cannot be copied back without an output file). Raises
+    :class:`GatewayFetchError` as :func:`fetch_car` does.
     """
-    pace = Pace(
-        default_deadline(max_size) if deadline is None else deadline, min_speed, speed_window
-    )
+    fetch = _Fetch.start(session, base_url, root, max_size, deadline, min_speed, speed_window)
+    parts = [_Part(root, None, 0)] if offset <= 0 else await _parts_from(fetch, offset)
     pending: list[bytes | memoryview] = []
-    position = 0
-    steps = _stream(session, base_url, root, max_size, pace, pending.append, None)
-    async with aclosing(steps):  # a consumer leaving early closes the response at once
-        async for _ in steps:
-            for data in pending:
-                start, position = position, position + len(data)
-                if position > offset:
-                    yield bytes(data[max(0, offset - start) :])
-            pending.clear()
+    for part in parts:
+        position = part.start
+        steps = _stream(fetch, part.cid, part.size, pending.append, None)
+        async with aclosing(steps):  # a consumer leaving early closes the response at once
+            async for _ in steps:
+                for data in pending:
+                    start, position = position, position + len(data)
+                    if position > offset:
+                        yield bytes(data[max(0, offset - start) :])
+                pending.clear()
 
 
 Write = Callable[[bytes | memoryview], None]
 T = TypeVar("T")
 
 
+@dataclass
+class _Fetch:
+    """What the requests for one file share: the peer, the file's root, the bounds, the clock."""
+
+    session: aiohttp.ClientSession
+    base_url: str
+    root: CID
+    max_size: int | None
+    clock: _Clock
+    budget: FileBudget
+
+    @classmethod
+    def start(
+        cls,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        root: CID,
+        max_size: int | None,
+        deadline: float | None,
+        min_speed: int,
+        speed_window: float,
+    ) -> _Fetch:
+        limit = default_deadline(max_size) if deadline is None else deadline
+        clock = _Clock(Pace(limit, min_speed, speed_window))
+        return cls(session, base_url.rstrip("/"), root, max_size, clock, FileBudget(max_size))
+
+    def get(self, cid: CID, query: str, accept: str) -> Awaitable[aiohttp.ClientResponse]:
+        url = f"{self.base_url}/ipfs/{cid}?{query}"
+        return self.clock.wait(
+            self.session.get(url, headers={"Accept": accept}, allow_redirects=False)
+        )
+
+    @contextmanager
+    def reported(self) -> Iterator[None]:
+        """Every failure of the peer as a :class:`GatewayFetchError` naming the file's root."""
+        try:
+            yield
+        except _Refused as e:
+            raise GatewayFetchError(self.base_url, self.root, str(e)) from None
+        except UnixFSError as e:
+            raise GatewayFetchError(self.base_url, self.root, f"bad DAG: {e}") from None
+        except (CarError, CIDError) as e:
+            raise GatewayFetchError(self.base_url, self.root, f"bad CAR: {e}") from None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise GatewayFetchError(self.base_url, self.root, f"transfer failed: {e!r}") from None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A subtree of the file fetched as one CAR: its CID, its size (None: the root), offset."""
+
+    cid: CID
+    size: int | None
+    start: int
+
+
+async def _parts_from(fetch: _Fetch, offset: int) -> list[_Part]:
+    """The root's subtrees that hold bytes at or after ``offset`` (see :func:`iter_file`)."""
+    if fetch.root.codec != DAG_PB:
+        return [_Part(fetch.root, None, 0)]
+    with fetch.reported():
+        block = await _raw_block(fetch, fetch.root)
+        node = fetch.budget.decode(fetch.root, block)
+        fetch.budget.node(fetch.root, node, None)
+    if node.data or any(link.cid.codec != DAG_PB for link in node.links):
+        fetch.budget = FileBudget(fetch.max_size)  # the whole-file CAR walks the root again
+        return [_Part(fetch.root, None, 0)]
+    parts, start = [], 0
+    for link, size in zip(node.links, node.blocksizes, strict=True):
+        if start + size > offset:
+            parts.append(_Part(link.cid, size, start))
+        start += size
+    return parts
+
+
+async def _raw_block(fetch: _Fetch, cid: CID) -> bytes:
+    """One block (``?format=raw``), checked against its CID."""
+    async with await fetch.get(cid, "format=raw", RAW_ACCEPT) as resp:
+        if resp.status != 200:
+            raise _Refused(f"HTTP {resp.status} for block {cid}")
+        data = bytearray()
+        while chunk := await fetch.clock.wait(resp.content.readany()):
+            fetch.clock.got(len(chunk))
+            data += chunk
+            if len(data) > MAX_FRAME:
+                raise _Refused(f"block {cid} is over {MAX_FRAME} bytes")
+    if not cid.verify(data):
+        raise _Refused(f"block {cid} does not match its CID")
+    return bytes(data)
+
+
 async def _stream(
-    session: aiohttp.ClientSession,
-    base_url: str,
-    root: CID,
-    max_size: int | None,
-    pace: Pace,
-    write: Write,
-    reread: BinaryIO | None,
+    fetch: _Fetch, part: CID, size: int | None, write: Write, reread: BinaryIO | None
 ) -> AsyncIterator[None]:
-    """Walk the CAR of ``root``, calling ``write`` in file order; yields after each chunk.
+    """Walk the CAR of ``part`` (``size`` bytes of the file), calling ``write`` in file order;
+    yields after each chunk.
 
     Never yields inside a timeout: each wait is bounded on its own (:class:`_Clock`), so a
     consumer holding a yielded chunk is neither timed nor cancelled.
     """
-    budget = None if max_size is None else 2 * max_size + _SLACK
-    url = f"{base_url.rstrip('/')}/ipfs/{root}?format=car&car-order=dfs&car-dups=y"
-    clock = _Clock(pace)
-    try:
-        request = session.get(url, headers={"Accept": CAR_ACCEPT}, allow_redirects=False)
-        async with await clock.wait(request) as resp:
+    budget = None if fetch.max_size is None else 2 * fetch.max_size + _SLACK
+    clock = fetch.clock
+    with fetch.reported():
+        async with await fetch.get(part, CAR_QUERY, CAR_ACCEPT) as resp:
             if resp.status != 200:
                 raise _Refused(f"HTTP {resp.status}")
             dups = _check_content_type(resp.headers.get("Content-Type", ""))
             if not dups and reread is None:
                 raise _Refused("peer omits repeated blocks (dups=n): cannot stream the file")
-            walker = _DagWalker(root, write, reread, FileBudget(max_size), dups)
+            walker = _DagWalker(part, size, write, reread, fetch.budget, dups)
             reader = CarReader()
             received = 0
             while chunk := await clock.wait(resp.content.readany()):
                 clock.got(len(chunk))
                 received += len(chunk)
                 if budget is not None and received > budget:
-                    raise _Refused(f"CAR larger than {budget} bytes for max_size={max_size}")
+                    raise _Refused(f"CAR larger than {budget} bytes for max_size={fetch.max_size}")
                 for cid, block in _feed(reader, chunk):
                     walker.check_roots(reader.roots)
                     walker.accept(cid, block)
@@ -180,14 +266,6 @@ async def _stream(
             reader.finish()
             walker.check_roots(reader.roots)
             walker.finish()
-    except _Refused as e:
-        raise GatewayFetchError(base_url, root, str(e)) from None
-    except UnixFSError as e:
-        raise GatewayFetchError(base_url, root, f"bad DAG: {e}") from None
-    except (CarError, CIDError) as e:
-        raise GatewayFetchError(base_url, root, f"bad CAR: {e}") from None
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise GatewayFetchError(base_url, root, f"transfer failed: {e!r}") from None
 
 
 class _Clock:
@@ -283,6 +361,7 @@ class _DagWalker:
     """Checks that blocks arrive in DFS order of ``root``'s DAG and writes the file's bytes."""
 
     root: CID
+    root_size: int | None  # the file bytes under root (None: the file's root, max_size bounds)
     write: Write
     reread: BinaryIO | None  # the output so far, to copy back what a dups=n peer omits
     budget: FileBudget
@@ -293,7 +372,7 @@ class _DagWalker:
     roots_checked: bool = False
 
     def __post_init__(self) -> None:
-        self.stack.append(_Due(self.root, None))
+        self.stack.append(_Due(self.root, self.root_size))
 
     def check_roots(self, roots: tuple[CID, ...]) -> None:
         if self.roots_checked:
