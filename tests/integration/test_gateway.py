@@ -20,10 +20,11 @@ from aiohttp import web
 
 from pacswarm.ipfs.blockstore import PackageBlockstore
 from pacswarm.ipfs.car import CarReader, encode_frame, encode_header
-from pacswarm.ipfs.cid import CID, DAG_PB, RAW
+from pacswarm.ipfs.cid import CID, DAG_PB, RAW, encode_varint
+from pacswarm.ipfs.dagpb import PBLink, PBNode, encode_node
 from pacswarm.ipfs.gateway import gateway_app
 from pacswarm.ipfs.gatewayclient import GatewayFetchError, fetch_car
-from pacswarm.ipfs.unixfs import CHUNK_SIZE, import_bytes
+from pacswarm.ipfs.unixfs import CHUNK_SIZE, encode_file_data, import_bytes
 
 KEY = "core/x86_64/big-1.0-1-x86_64.pkg.tar.zst"
 SMALL_KEY = "core/x86_64/small-1.0-1-x86_64.pkg.tar.zst"
@@ -521,25 +522,29 @@ def test_hostile_truncated_car(node: Node) -> None:
 
 
 def test_hostile_endless_car(node: Node) -> None:
-    """A DAG claiming endless leaves: stopped at max_size, nothing written beyond it."""
+    """A root with 100 links to one chunk, streamed forever: refused at the root, whatever
+    it declares (too much, nothing, or too little), before a leaf is written."""
     chunk = b"\x00" * CHUNK_SIZE
     leaf = CID.of(chunk)
-    from pacswarm.ipfs.dagpb import PBLink, PBNode, encode_node
-    from pacswarm.ipfs.unixfs import encode_file_data
+    cases = {
+        "more than max_size=1310727": [CHUNK_SIZE] * 100,  # honest: 100 chunks
+        "100 links but 0 blocksizes": [],
+        f"holds {CHUNK_SIZE} bytes of the file where its parent declared 1": [1] * 100,
+    }
+    for expected, sizes in cases.items():
+        node_block = encode_node(
+            PBNode(tuple(PBLink(leaf, "", CHUNK_SIZE) for _ in range(100)), _file_data(sizes))
+        )
+        root = CID.of(node_block, DAG_PB)
 
-    node_block = encode_node(
-        PBNode(tuple(PBLink(leaf, "", CHUNK_SIZE) for _ in range(1000)), encode_file_data(1, []))
-    )
-    root = CID.of(node_block, DAG_PB)
+        async def body(root: CID = root, node_block: bytes = node_block) -> AsyncIterator[bytes]:
+            yield encode_header(root) + encode_frame(root, node_block)
+            while True:
+                yield encode_frame(leaf, chunk)
 
-    async def body() -> AsyncIterator[bytes]:
-        yield encode_header(root) + encode_frame(root, node_block)
-        while True:
-            yield encode_frame(leaf, chunk)
-
-    message, written = fetch_from(hostile(body), root, max_size=5 * CHUNK_SIZE + 7)
-    assert "max_size" in message
-    assert written == 5 * CHUNK_SIZE
+        message, written = fetch_from(hostile(body), root, max_size=5 * CHUNK_SIZE + 7)
+        assert expected in message
+        assert written == 0
 
     async def endless_after_dag() -> AsyncIterator[bytes]:
         yield encode_header(leaf)
@@ -549,6 +554,10 @@ def test_hostile_endless_car(node: Node) -> None:
     message, written = fetch_from(hostile(endless_after_dag), leaf)
     assert "after the end of the DAG" in message
     assert written == CHUNK_SIZE
+
+
+def _file_data(sizes: list[int]) -> bytes:
+    return encode_file_data(sum(sizes), sizes)
 
 
 def test_hostile_header_cut_after_a_cid_tag(node: Node) -> None:
@@ -564,15 +573,13 @@ def test_hostile_header_cut_after_a_cid_tag(node: Node) -> None:
 
 
 def test_hostile_dag_of_empty_nodes_without_end(node: Node) -> None:
-    """174^20 blocks that write nothing: stopped by the CAR size budget, not by max_size."""
-    from pacswarm.ipfs.dagpb import PBLink, PBNode, encode_node
-    from pacswarm.ipfs.unixfs import encode_file_data
-
-    levels = [encode_node(PBNode((), encode_file_data(0, [])))]
+    """174^20 empty nodes that would write nothing: refused at the root (no importer links
+    an empty subtree), nothing written."""
+    levels = [encode_node(PBNode((), _file_data([])))]
     for _ in range(20):
         child = CID.of(levels[-1], DAG_PB)
         links = tuple(PBLink(child, "", 0) for _ in range(174))
-        levels.append(encode_node(PBNode(links, encode_file_data(0, []))))
+        levels.append(encode_node(PBNode(links, _file_data([0] * 174))))
     frames = [encode_frame(CID.of(b, DAG_PB), b) for b in levels]
     root = CID.of(levels[-1], DAG_PB)
 
@@ -585,7 +592,47 @@ def test_hostile_dag_of_empty_nodes_without_end(node: Node) -> None:
             stack.extend([level - 1] * 174 if level else [])
 
     message, written = fetch_from(hostile(body), root, max_size=1024 * 1024)
-    assert "CAR larger than" in message
+    assert "a link to an empty subtree (blocksize 0)" in message
+    assert written == 0
+
+
+def test_hostile_repeats_past_the_block_budget(node: Node) -> None:
+    """Consistent sizes within max_size, but 1024 links to one 1-byte leaf: more positions
+    than a 1 MiB file has (64 + 1 MiB / 16 KiB), refused at the root."""
+    leaf = CID.of(b"x")
+    root_block = encode_node(
+        PBNode(tuple(PBLink(leaf, "", 1) for _ in range(1024)), _file_data([1] * 1024))
+    )
+    root = CID.of(root_block, DAG_PB)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield encode_header(root) + encode_frame(root, root_block)
+        while True:
+            yield encode_frame(leaf, b"x")
+
+    message, written = fetch_from(hostile(body), root, max_size=1024 * 1024)
+    assert "brings the DAG to 1025 blocks, more than the 128 allowed" in message
+    assert written == 0
+
+
+def test_hostile_padded_nodes_hit_the_car_budget(node: Node) -> None:
+    """Nodes padded with 1 MB of unknown fields (sizes all consistent): stopped by the CAR
+    size budget, 2 * max_size + 1 MiB, not by the size checks."""
+    cid, block = CID.of(b"x"), b"x"
+    blocks = [(cid, block)]
+    for _ in range(10):
+        padding = b"\x7a" + encode_varint(1 << 20) + bytes(1 << 20)  # field 15, skipped
+        block = encode_node(PBNode((PBLink(cid, "", 1),), _file_data([1]))) + padding
+        cid = CID.of(block, DAG_PB)
+        blocks.append((cid, block))
+
+    async def body() -> AsyncIterator[bytes]:
+        yield encode_header(cid)
+        for c, b in reversed(blocks):
+            yield encode_frame(c, b)
+
+    message, written = fetch_from(hostile(body), cid, max_size=1024 * 1024)
+    assert "CAR larger than 3145728 bytes" in message
     assert written == 0
 
 

@@ -10,6 +10,13 @@ inline data and its children, so the requests for the next subtree go out long b
 writer gets there. The writer drains ready slots from the head. Every block is matched by its
 sha256 to a CID we asked for; bytes matching nothing we asked that peer for abort the fetch.
 
+Bounds (a peer chooses the DAG; only the root CID is ours): every node is checked by
+:class:`~pacswarm.ipfs.unixfs.FileBudget`, by position in the walk, so its declared size must be
+what its parent declared for it, the root's at most ``max_size`` (the db's CSIZE), and the
+links walked at most :func:`~pacswarm.ipfs.unixfs.max_blocks_for` it: a DAG that links one
+child many times over can cost no more than an honest file of ``max_size``. The slots held are
+those positions, at most ``window`` wants are in flight, and the whole fetch has a deadline.
+
 Peers: wants go to one peer at a time; a DontHave moves that CID to the next peer, a peer we
 cannot open a Bitswap stream to is dropped, and a stall (no block for ``stall_timeout``)
 moves every outstanding want to the next peer. Received blocks are cancelled at the sender,
@@ -25,13 +32,14 @@ import trio
 from libp2p.peer.id import ID
 
 from pacswarm.ipfs.bitswap import BitswapEngine
-from pacswarm.ipfs.cid import CID, DAG_PB, RAW, CIDError, decode_varint
-from pacswarm.ipfs.dagpb import decode_node
+from pacswarm.ipfs.cid import CID, DAG_PB, RAW, CIDError
+from pacswarm.ipfs.unixfs import FileBudget, FileNode, UnixFSError, default_deadline
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 64  # Helia breaks at 256 (yamux frame > py-libp2p's window)
 DEFAULT_STALL_TIMEOUT = 30.0
+MAX_SCAN = 4096  # slots next_wants looks at past the ready ones (see there)
 
 
 class FetchError(RuntimeError):
@@ -39,47 +47,45 @@ class FetchError(RuntimeError):
 
 
 class _Slot:
-    __slots__ = ("cid", "data")
+    """One position of the walk: a CID due, then its bytes; ``size`` is what it must hold.
 
-    def __init__(self, cid: CID | None, data: bytes | None = None) -> None:
+    Slots form a singly linked list in file order, so a node's block is replaced by its
+    children in place, in time proportional to its links (a list splice would cost the
+    length of the walk for every node). ``start`` is its offset in the file: positions
+    wholly before the fetch's offset are never made, the one straddling it is cut when written.
+    """
+
+    __slots__ = ("cid", "data", "next", "size", "start")
+
+    def __init__(
+        self, cid: CID | None, data: bytes | None = None, size: int | None = None, start: int = 0
+    ) -> None:
         self.cid = cid
         self.data = data
-
-
-def unixfs_file_data(node_data: bytes | None) -> bytes:
-    """Inline file bytes of a UnixFS node (CIDv0 leaves carry them); refuses non-files."""
-    if not node_data:
-        return b""
-    pos, kind, inline = 0, None, b""
-    while pos < len(node_data):
-        key, pos = decode_varint(node_data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = decode_varint(node_data, pos)
-            if number == 1:
-                kind = value
-        elif wire == 2:
-            length, pos = decode_varint(node_data, pos)
-            if number == 2:
-                inline = bytes(node_data[pos : pos + length])
-            pos += length
-        else:
-            raise CIDError(f"unsupported UnixFS wire type {wire}")
-    if kind not in (0, 2):  # Raw, File
-        raise FetchError(f"not a UnixFS file (DataType {kind})")
-    return inline
+        self.size = size  # None only for the root: bounded by max_size instead
+        self.start = start
+        self.next: _Slot | None = None
 
 
 class FileFetch:
     """State of one fetch; a :class:`~pacswarm.ipfs.bitswap.BlockSink` of the engine."""
 
-    def __init__(self, root: CID, peers: list[ID], window: int) -> None:
+    def __init__(
+        self,
+        root: CID,
+        peers: list[ID],
+        window: int,
+        max_size: int | None = None,
+        offset: int = 0,
+    ) -> None:
+        self.budget = FileBudget(max_size)
+        self.offset = offset
         self.peers = peers
         self.window = window
-        self.slots: list[_Slot] = [_Slot(root)]
-        self.head = 0
-        self.scan = 0
-        self.waiting: dict[bytes, list[_Slot]] = {root.digest: [self.slots[0]]}
+        first = _Slot(root)
+        self.head: _Slot | None = first  # the first slot not yet written
+        self.scan: _Slot | None = first  # slots before it are all ready
+        self.waiting: dict[bytes, list[_Slot]] = {root.digest: [first]}
         self.inflight: dict[bytes, tuple[CID, int]] = {}  # digest -> (cid, peer index)
         self.seen: set[bytes] = set()
         self.tried: dict[bytes, set[int]] = {}
@@ -100,10 +106,11 @@ class FileFetch:
         self.received.setdefault(entry[1], []).append(entry[0])
         self.seen.add(digest)
         try:
+            node = self.budget.decode(entry[0], data) if entry[0].codec == DAG_PB else None
             for slot in self.waiting.pop(digest, []):
-                self._fill(slot, data)
-        except (CIDError, FetchError) as e:
-            self.fail(FetchError(f"bad DAG node from {peer}: {e}"))
+                self._fill(slot, data, node)
+        except (CIDError, UnixFSError, FetchError) as e:
+            self.fail(FetchError(f"bad DAG from {peer}: {e}"))
         self._poke()
         return True
 
@@ -136,47 +143,69 @@ class FileFetch:
 
     # DAG walk -------------------------------------------------------------------------------
 
-    def _fill(self, slot: _Slot, data: bytes) -> None:
+    def _fill(self, slot: _Slot, data: bytes, node: FileNode | None) -> None:
+        """Put an arrived block in its position: bytes for a leaf, children for a node."""
         assert slot.cid is not None
         if slot.cid.codec == RAW:
+            self.budget.leaf(slot.cid, len(data), slot.size)
             slot.data = data
             return
-        if slot.cid.codec != DAG_PB:
+        if node is None:
             raise FetchError(f"unsupported codec 0x{slot.cid.codec:x}")
-        node = decode_node(data)
-        inline = unixfs_file_data(node.data)
-        children = [_Slot(None, inline)] if inline else []
-        for link in node.links:
-            child = _Slot(link.cid)
-            children.append(child)
-            self.waiting.setdefault(link.cid.digest, []).append(child)
-        index = self.slots.index(slot, self.head)
-        self.slots[index : index + 1] = children
-        self.scan = min(self.scan, index)
+        self.budget.node(slot.cid, node, slot.size)  # before a child is made
+        start, children = slot.start, list[_Slot]()
+        if node.data and start + len(node.data) > self.offset:
+            children.append(_Slot(None, node.data, start=start))
+        start += len(node.data)
+        for link, size in zip(node.links, node.blocksizes, strict=True):
+            if start + size > self.offset:  # else wholly before the offset: never fetched
+                children.append(_Slot(link.cid, size=size, start=start))
+            start += size
+        self._replace(slot, children)
+
+    def _replace(self, slot: _Slot, children: list[_Slot]) -> None:
+        """Put ``children`` where ``slot`` is: the slot object becomes the first of them."""
+        if not children:
+            slot.cid, slot.data = None, b""
+            return
+        first, rest = children[0], children[1:]
+        after = slot.next
+        slot.cid, slot.data, slot.size, slot.start = first.cid, first.data, first.size, first.start
+        for child in [slot, *rest]:
+            if child.cid is not None:
+                self.waiting.setdefault(child.cid.digest, []).append(child)
+        prev = slot
+        for child in rest:
+            prev.next = child
+            prev = child
+        prev.next = after
 
     def next_wants(self) -> dict[int, list[CID]]:
-        """CIDs to request now (window permitting), grouped by peer index."""
+        """CIDs to request now (window permitting), grouped by peer index.
+
+        Looks at most :data:`MAX_SCAN` slots past the ready ones: a DAG repeating one CID in
+        many places must not make every call walk all of them.
+        """
         out: dict[int, list[CID]] = {}
         budget = self.window - len(self.inflight)
-        i = self.scan
-        advancing = True
-        while budget > 0 and i < len(self.slots):
-            slot = self.slots[i]
-            i += 1
-            if slot.data is not None or slot.cid is None:
-                self.scan = i if advancing else self.scan
-                continue
-            digest = slot.cid.digest
-            if digest in self.inflight:
-                advancing = False
+        slot, advancing, looked = self.scan, True, 0
+        while budget > 0 and slot is not None and looked < MAX_SCAN:
+            current, slot = slot, slot.next
+            if current.data is not None or current.cid is None:
+                if advancing:
+                    self.scan = slot
                 continue
             advancing = False
+            looked += 1
+            digest = current.cid.digest
+            if digest in self.inflight:
+                continue
             tried = self.tried.get(digest, set())
             peer = next((p for p in self._peer_order() if p not in tried), None)
             if peer is None:  # every peer said DontHave or failed: dont_have() reports it
                 continue
-            self.inflight[digest] = (slot.cid, peer)
-            out.setdefault(peer, []).append(slot.cid)
+            self.inflight[digest] = (current.cid, peer)
+            out.setdefault(peer, []).append(current.cid)
             budget -= 1
         return out
 
@@ -200,22 +229,20 @@ class FileFetch:
     def drain(self, out: BinaryIO) -> int:
         """Write the ready slots at the head; returns bytes written."""
         written = 0
-        while self.head < len(self.slots) and self.slots[self.head].data is not None:
-            data = self.slots[self.head].data
+        while self.head is not None and self.head.data is not None:
+            slot = self.head
+            data = slot.data
             assert data is not None
+            if slot.start < self.offset:
+                data = data[self.offset - slot.start :]
             out.write(data)
             written += len(data)
-            self.slots[self.head] = _Slot(None, b"")
-            self.head += 1
-        if self.head > 4096:
-            del self.slots[: self.head]
-            self.scan = max(0, self.scan - self.head)
-            self.head = 0
+            self.head = slot.next
         return written
 
     @property
     def done(self) -> bool:
-        return self.head >= len(self.slots)
+        return self.head is None
 
     def rotate(self) -> dict[int, list[CID]]:
         """Peers stopped answering: move every outstanding want to the next peer."""
@@ -236,36 +263,58 @@ async def fetch_file(
     peers: list[ID],
     window: int = DEFAULT_WINDOW,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    *,
+    max_size: int | None = None,
+    deadline: float | None = None,
+    offset: int = 0,
 ) -> int:
     """Fetch the UnixFS file ``root`` from ``peers`` into ``out``; returns bytes written.
 
-    Runs on the trio thread. Raises :class:`FetchError` when no peer has a block or none
-    answers for ``stall_timeout`` seconds, and ``BlockMismatchError`` on a corrupt block.
+    Runs on the trio thread. ``max_size``: the most bytes the file may have (the db's CSIZE);
+    a DAG declaring more, or whose parts disagree with what their parents declared, is refused
+    at the block that says so. None is only for DAGs you trust. ``deadline``: seconds for the
+    whole fetch (default :func:`default_deadline`). ``offset``: write the file from there on;
+    subtrees wholly before it are not fetched (the blocksizes say where they end). Raises
+    :class:`FetchError` for a bad DAG, when no peer has a block, none answers for
+    ``stall_timeout`` seconds, or the deadline passes; ``BlockMismatchError`` on a corrupt
+    block.
     """
     if not peers:
         raise FetchError(f"no peers to fetch {root} from")
-    fetch = FileFetch(root, peers, max(1, window))
+    limit = default_deadline(max_size) if deadline is None else deadline
+    fetch = FileFetch(root, peers, max(1, window), max_size, offset)
     engine.sinks.add(fetch)
-    written = 0
     try:
-        while True:
-            written += fetch.drain(out)
-            if fetch.error is not None:
-                raise fetch.error
-            if fetch.done:
-                return written
-            wants, received = fetch.next_wants(), fetch.received
-            fetch.received = {}
-            for index in wants.keys() | received.keys():
-                cancels = received.get(index, [])
-                try:
-                    await engine.send_wants(peers[index], wants.get(index, []), cancels=cancels)
-                except Exception as e:
-                    fetch.peer_failed(index, e)
-            await _wait_progress(engine, fetch, stall_timeout)
+        with trio.fail_after(limit):
+            return await _run(engine, fetch, out, stall_timeout)
+    except trio.TooSlowError:
+        raise FetchError(
+            f"{root} not fetched within the deadline of {limit:g} s: the peers are too slow"
+        ) from None
     finally:
         engine.sinks.discard(fetch)
         await _cancel_outstanding(engine, fetch)
+
+
+async def _run(engine: BitswapEngine, fetch: FileFetch, out: BinaryIO, stall_timeout: float) -> int:
+    """The fetch loop: write what is ready, send wants, wait for blocks."""
+    written = 0
+    peers = fetch.peers
+    while True:
+        written += fetch.drain(out)
+        if fetch.error is not None:
+            raise fetch.error
+        if fetch.done:
+            return written
+        wants, received = fetch.next_wants(), fetch.received
+        fetch.received = {}
+        for index in wants.keys() | received.keys():
+            cancels = received.get(index, [])
+            try:
+                await engine.send_wants(peers[index], wants.get(index, []), cancels=cancels)
+            except Exception as e:
+                fetch.peer_failed(index, e)
+        await _wait_progress(engine, fetch, stall_timeout)
 
 
 async def _wait_progress(engine: BitswapEngine, fetch: FileFetch, stall_timeout: float) -> None:

@@ -305,6 +305,10 @@ class P2PHost:
         peers: list[str] | None = None,
         window: int | None = None,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        *,
+        max_size: int | None = None,
+        deadline: float | None = None,
+        offset: int = 0,
     ) -> int:
         """Fetch the UnixFS file ``root`` over Bitswap into ``out``; returns bytes written.
 
@@ -313,8 +317,11 @@ class P2PHost:
         returns. Every block is checked against its CID (``BlockMismatchError``).
         ``stall_timeout``: seconds without any block before the next peer is tried (or
         :class:`FetchError`); the proxy, bound by pacman's 10 s rule, may want it short.
+        ``max_size`` (the db's CSIZE), ``deadline`` and ``offset`` (write the file from there
+        on): see :func:`.bitswap_fetch.fetch_file`; give ``max_size`` for any DAG a peer chose.
         """
-        args = (root, out, peers, window or self.window, stall_timeout)
+        window = window or self.window
+        args = (root, out, peers, window, stall_timeout, max_size, deadline, offset)
         return await self.bridge.run(self._fetch_in_trio, *args)
 
     async def _fetch_in_trio(
@@ -324,6 +331,9 @@ class P2PHost:
         peers: list[str] | None,
         window: int,
         stall_timeout: float,
+        max_size: int | None = None,
+        deadline: float | None = None,
+        offset: int = 0,
     ) -> int:
         assert self.libp2p_host is not None and self.bitswap is not None
         ids = [ID.from_base58(await self._connect_in_trio(a)) for a in peers or []]
@@ -339,7 +349,17 @@ class P2PHost:
                         log.debug("provider %s unreachable: %r", provider.peer_id, e)
         if not ids:
             raise FetchError(f"no peer to fetch {root} from")
-        return await fetch_file(self.bitswap, root, out, ids, window, stall_timeout)
+        return await fetch_file(
+            self.bitswap,
+            root,
+            out,
+            ids,
+            window,
+            stall_timeout,
+            max_size=max_size,
+            deadline=deadline,
+            offset=offset,
+        )
 
 
 def _quiet_libp2p_logs() -> None:
