@@ -381,8 +381,9 @@ def print_tail(cells: list[Cell], window: float) -> None:
     """The held-back tail: from the last upstream byte to its release is the verification."""
     print("\nverification at the end of a miss: how long the last 64 KiB took, s. pacswarm")
     print("releases them once sha256 + gpg pass, so unthrottled this is the verification work")
-    print("left after the last upstream byte; throttled it also holds up to the 64 KiB's own")
-    print("wire time (33 ms at 2 MB/s). Window on: only rows that outlived the window.")
+    print("left after the last upstream byte; throttled it also holds the 64 KiB's own wire")
+    print("time (33 ms at 2 MB/s) and up to one 50 ms pacing step of the origin nginx.")
+    print("Window on: only rows that outlived the window.")
     print(f"{'link':>11} {'size':>9} {'reps':>4}  {'window on':<21} {'window off':<21}")
     for c in cells:
         if c.note:
