@@ -32,7 +32,7 @@ http {{
 
 _ORIGIN = """    server {{
         listen 127.0.0.1:{port};
-        root {root};
+        root {root};{limit}
     }}"""
 
 # The Arch Wiki's "nginx as a pacman cache" recipe (proxy_store style), pointed at our origin.
@@ -83,13 +83,25 @@ def _start_nginx(reg: Registry, name: str, prefix: Path, body: str) -> Proc:
 
 
 class Origin:
-    """A plain nginx static server: the "mirror" both proxies fetch from."""
+    """A plain nginx static server: the "mirror" both proxies fetch from.
+
+    ``limit_rate`` (bytes/s per request, 0 = unlimited) makes it a slow mirror, for the
+    benchmarks where the link speed decides (bench_window.py). nginx paces by delaying after
+    each write by its size / rate, and lets a whole second's worth out at the start; with
+    its default 2 MiB ``sendfile_max_chunk`` that is 1 s bursts and 1 s silences at 2 MB/s,
+    so writes are capped at 50 ms worth: a steady rate from the first byte (a few % under
+    ``limit_rate``: each write's own time comes on top of its delay).
+    """
 
     name = "origin"
 
-    def __init__(self, reg: Registry, prefix: Path, root: Path) -> None:
+    def __init__(self, reg: Registry, prefix: Path, root: Path, limit_rate: int = 0) -> None:
         self.port = free_port()
-        body = _ORIGIN.format(port=self.port, root=root)
+        limit = ""
+        if limit_rate:
+            chunk = max(16384, limit_rate // 20)
+            limit = f"\n        limit_rate {limit_rate};\n        sendfile_max_chunk {chunk};"
+        body = _ORIGIN.format(port=self.port, root=root, limit=limit)
         self.proc = _start_nginx(reg, "nginx origin", prefix, body)
         wait_ready(self.proc, self.port, db_path())
 
@@ -134,13 +146,25 @@ class NginxCache:
 
 
 class Pacswarm:
-    """pacswarm serve; an empty cache means a restart on a fresh --data-dir."""
+    """pacswarm serve; an empty cache means a restart on a fresh --data-dir.
+
+    ``extra_config`` is TOML appended to its config file (e.g. ``verify_window = 0``).
+    """
 
     name = "pacswarm"
 
-    def __init__(self, reg: Registry, root: Path, binary: str, mirrorlist: Path, gpgdir: Path):
+    def __init__(
+        self,
+        reg: Registry,
+        root: Path,
+        binary: str,
+        mirrorlist: Path,
+        gpgdir: Path,
+        extra_config: str = "",
+    ):
         self.reg, self.root, self.binary = reg, root, binary
         self.mirrorlist, self.gpgdir = mirrorlist, gpgdir
+        self.extra_config = extra_config
         self.generation = 0
         self.port = 0
         self.data_dir = root / "data-0"
@@ -160,7 +184,7 @@ class Pacswarm:
         config = self.root / "pacswarm.toml"
         config.write_text(
             'gateway_listen = "127.0.0.1:0"\np2p_listen = ["/ip4/127.0.0.1/tcp/0"]\n'
-            "bootstrap = []\nmdns = false\n"
+            "bootstrap = []\nmdns = false\n" + self.extra_config
         )
         argv += ["--config", str(config)]
         self.proc = self.reg.start("pacswarm", argv, self.root / "pacswarm.log")
