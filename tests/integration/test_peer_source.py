@@ -8,15 +8,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from pacswarm.config import load_config
 from pacswarm.fetch.download import DownloadFailed
+from pacswarm.fetch.peers import GatewaySource, PeerHealth
+from pacswarm.fetch.source import Want
 from pacswarm.ipfs.blockstore import PackageBlockstore
 from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.gateway import gateway_app
 from pacswarm.node import Node
+from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import FileKind, RequestPath
 from tests.integration.conftest import NodeFactory
 from tests.integration.test_ipfs_node import _wait_for_root
@@ -158,3 +162,33 @@ def test_a_lying_peer_alone_fails_the_download_and_caches_nothing(
     assert "peer http://127.0.0.1" in reason and "sha256" in reason
     assert not node.store.cache_path(rp).exists()
     assert not list((tmp_path / "b" / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("offset", [0, 1, 5 * (1 << 20) + 17])
+def test_a_peer_gateway_source_streams_from_any_offset(
+    offset: int, tmp_path: Path, test_repo: TestRepo
+) -> None:
+    """What the download asks of a peer after another source failed mid-file: the bytes from
+    that offset on, each block checked against its CID on the way."""
+    pkg = test_repo.packages["largepkg"]
+    data = pkg.path.read_bytes()
+    rp = RequestPath("extra", "x86_64", pkg.filename, FileKind.PACKAGE)
+    record = PackageRecord(pkg.filename, "largepkg", "1.0-1", pkg.size, pkg.sha256, None)
+
+    async def body() -> tuple[bytes, bool]:
+        blocks = PackageBlockstore(tmp_path / "peer.sqlite", locate=lambda key: pkg.path)
+        root: CID = blocks.add_package("largepkg", pkg.path)
+        runner, url = await _serve(blocks)
+        health = PeerHealth(60.0)
+        try:
+            async with aiohttp.ClientSession() as session:
+                source = GatewaySource(url, root, session, health)
+                got = b"".join([c async for c in source.stream(Want(rp, record), offset)])
+                return got, source.can_deliver(Want(rp, record), offset)
+        finally:
+            await runner.cleanup()
+            blocks.close()
+
+    got, deliverable = asyncio.run(body())
+    assert deliverable
+    assert got == data[offset:]

@@ -4,18 +4,13 @@ A peer is trusted no more than a mirror. The CID usually comes from the peer's o
 announcement, so a CAR that matches its CIDs proves only that the peer sent what it named;
 the bytes enter the cache through the same admission as a mirror's (sha256 against the db,
 signature against the keyring). This module only moves bytes: the CAR is checked block by
-block as it streams (:func:`pacswarm.ipfs.gatewayclient.fetch_car`) and the file's bytes are
-handed to the download in order.
-
-A gateway fetch always starts at the file's first byte; to continue a download at offset N
-the first N bytes are read and dropped (cheap on a LAN, and a peer is asked at an offset only
-when an earlier source failed mid-file).
+block as it streams and the file's bytes are handed to the download in order
+(:func:`pacswarm.ipfs.gatewayclient.iter_file`: to continue a download at offset N, the
+subtrees of the DAG that end before N are not fetched at all).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +21,7 @@ from pacswarm.config import Config
 from pacswarm.fetch.source import SourceFault, Want
 from pacswarm.health import MirrorHealth
 from pacswarm.ipfs.cid import CID
-from pacswarm.ipfs.gatewayclient import GatewayFetchError, fetch_car
+from pacswarm.ipfs.gatewayclient import GatewayFetchError, iter_file
 
 log = logging.getLogger(__name__)
 
@@ -44,29 +39,6 @@ class PeerHealth(MirrorHealth):
     def penalised(self, name: str, now: float) -> bool:
         state = self._states.get(name)
         return state is not None and state.penalised_until > now
-
-
-class _Sink:
-    """The file object ``fetch_car`` writes to: hands the bytes past ``skip`` to a queue."""
-
-    def __init__(self, skip: int) -> None:
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._skip = skip
-
-    def write(self, data: bytes) -> int:
-        n = len(data)
-        if self._skip:
-            cut = min(self._skip, n)
-            data, self._skip = data[cut:], self._skip - cut
-        if data:
-            self.queue.put_nowait(bytes(data))
-        return n
-
-    def seekable(self) -> bool:
-        return False  # a dups=n peer must resend repeats: we keep nothing to copy back
-
-    def readable(self) -> bool:
-        return False
 
 
 class GatewaySource:
@@ -92,28 +64,16 @@ class GatewaySource:
         return offset < want.size
 
     async def stream(self, want: Want, offset: int) -> AsyncIterator[bytes]:
-        sink = _Sink(offset)
-        fetch = asyncio.create_task(self._fetch(want, sink))
+        pieces = iter_file(
+            self.session, self.base_url, self.root, offset=offset, max_size=want.size
+        )
         try:
-            while True:
-                piece = await sink.queue.get()
-                if piece is None:
-                    break
+            async for piece in pieces:
                 yield piece
-            await fetch  # raises the fetch's fault, if it ended with one
-        finally:
-            if not fetch.done():
-                fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError, SourceFault):
-                    await fetch
-
-    async def _fetch(self, want: Want, sink: _Sink) -> None:
-        try:
-            await fetch_car(self.session, self.base_url, self.root, sink, max_size=want.size)  # type: ignore[arg-type]
         except GatewayFetchError as e:
             raise SourceFault(e.reason) from None
         finally:
-            sink.queue.put_nowait(None)
+            await pieces.aclose()
 
     def failed(self, reason: str) -> None:
         log.warning("%s failed: %s (skipped for a while)", self.name, reason)
