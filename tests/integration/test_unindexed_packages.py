@@ -8,6 +8,7 @@ import subprocess
 
 from tests.integration.conftest import NodeFactory
 from tests.support import gpg
+from tests.support.dbedit import set_csize
 from tests.support.mirror import MirrorServer
 from tests.support.testrepo import DB_MTIME, TestRepo
 
@@ -58,3 +59,19 @@ def test_a_tampered_package_no_db_lists_never_reaches_the_client(
     assert bytes(data) not in body
     assert mirror.hits(hello.filename) == 0
     assert "not in the core db pacswarm holds" in node.log()
+
+
+def test_a_db_size_larger_than_the_free_disk_is_refused_before_writing(
+    test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory
+) -> None:
+    """A db entry claiming a petabyte: refused with 507 at once, nothing downloaded."""
+    hello = test_repo.packages["hello"]
+    set_csize(mirror.root / "core/os/x86_64", "core", hello.filename, 1 << 50)
+    node = make_node([mirror.url_template])
+    assert node.get("/core/os/x86_64/core.db")[0] == 200
+    status, _, body = node.get(f"/core/os/x86_64/{hello.filename}")
+    assert status == 507, body
+    assert b"free some space" in body
+    assert mirror.hits(hello.filename) == 0
+    assert not list((node.data_dir / "tmp").iterdir())
+    assert node.get("/")[0] == 200

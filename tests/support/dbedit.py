@@ -72,3 +72,14 @@ def _edit_descs(repo_dir: Path, repo: str, edit: Callable[[list[str]], list[str]
             continue
         path.write_bytes(out.getvalue())
         os.utime(path, (stat.st_atime, stat.st_mtime))
+
+
+def set_csize(repo_dir: Path, repo: str, filename: str, csize: int) -> None:
+    """Make the db claim ``csize`` bytes for package ``filename`` (a lying or broken db)."""
+
+    def edit(blocks: list[str]) -> list[str]:
+        if f"%FILENAME%\n{filename}" not in blocks:
+            return blocks
+        return [f"%CSIZE%\n{csize}" if b.startswith("%CSIZE%") else b for b in blocks]
+
+    _edit_descs(repo_dir, repo, edit)
