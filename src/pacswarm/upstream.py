@@ -101,7 +101,10 @@ class Upstream:
                     method, url, headers=headers, allow_redirects=False
                 ) as resp:
                     if resp.status in _REDIRECTS and "Location" in resp.headers:
-                        target = url.join(URL(resp.headers["Location"]))
+                        try:
+                            target = url.join(URL(resp.headers["Location"]))
+                        except ValueError as e:  # yarl: bad IPv6 host, port out of range
+                            raise MirrorFault(f"{url}: unusable redirect ({e})") from None
                         refusal = redirect_refusal(url, target)
                         if refusal is not None:
                             raise MirrorFault(f"{url}: {refusal}")
