@@ -322,3 +322,50 @@ def test_source_faults_name_the_source(tmp_path: Path) -> None:
 
     assert _run(tmp_path, body).read_bytes() == DATA
     assert refuses.failures == ["HTTP 503"]
+
+
+def test_a_source_that_breaks_unexpectedly_is_a_fault_not_a_dead_download(
+    tmp_path: Path,
+) -> None:
+    """A source raising something no one foresaw (a parser's ValueError) is left for the
+    next source; the download neither dies silently (readers and later requests would wait
+    for ever) nor fails while an honest source is left."""
+
+    class Breaks(Memory):
+        async def stream(self, want: Want, offset: int) -> AsyncIterator[bytes]:
+            yield DATA[:1000]
+            raise ValueError("Invalid IPv6 URL")
+
+    breaks, honest = Breaks("breaks"), Memory("honest")
+
+    async def body(w: World) -> tuple[bytes, bool]:
+        dl = w.downloader.get_or_start(Want(RP, _record()), [breaks, honest])
+        got = await _read(dl.follow(0, SIZE, asyncio.get_running_loop().time() + 5.0))
+        return got, (await asyncio.shield(dl.done)).read_bytes() == DATA
+
+    got, cached = _run(tmp_path, body)
+    assert got == DATA and cached
+    assert honest.asked == [1000]
+    assert breaks.failures and "ValueError: Invalid IPv6 URL" in breaks.failures[0]
+
+
+def test_a_bug_in_the_download_fails_it_instead_of_hanging_its_readers(tmp_path: Path) -> None:
+    """Whatever goes wrong inside the download task, readers are cut and the next request
+    starts afresh: nothing waits for a task that is gone."""
+
+    class Unnamed(Memory):
+        def failed(self, reason: str) -> None:
+            raise RuntimeError("a bug in a source's bookkeeping")
+
+    liar = _liar("liar")
+    broken = Unnamed("broken", liar.data)
+
+    async def body(w: World) -> tuple[str, bool]:
+        dl = w.downloader.get_or_start(Want(RP, _record()), [broken])
+        with pytest.raises(DownloadFailed) as cut:
+            await _read(dl.follow(0, SIZE, asyncio.get_running_loop().time() + 5.0))
+        return str(cut.value), w.downloader.active(RP) is None
+
+    reason, gone = _run(tmp_path, body)
+    assert "RuntimeError" in reason and gone
+    assert not list((tmp_path / "tmp").iterdir())

@@ -32,8 +32,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
 from pacswarm.config import Config
 from pacswarm.errors import NoSpaceError, UpstreamError, VerificationError
 from pacswarm.fetch.admit import Admission, BadBytes, Signed, StreamingCheck
@@ -222,6 +220,10 @@ class Downloader:
         except asyncio.CancelledError:
             await asyncio.shield(self._fail(dl, "node shutting down"))
             raise
+        except Exception as e:  # a bug: fail loudly; a dead task would hang every reader
+            log.exception("download of %s broke", dl.rp)
+            await self._fail(dl, f"internal error: {type(e).__name__}: {e}")
+            return
         finally:
             if not sig_task.done():
                 sig_task.cancel()
@@ -399,8 +401,9 @@ class Downloader:
 
     async def _pull(self, dl: Download, source: Source) -> None:
         """Copy from one source, starting at ``dl.written``, until the file is complete."""
-        try:
-            async for chunk in source.stream(dl.want, dl.written):
+        stream = _as_faults(source.stream(dl.want, dl.written))
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
                 if chunk and source.name not in dl.sources:
                     dl.sources.append(source.name)
                 remaining = dl.size - dl.written
@@ -412,8 +415,6 @@ class Downloader:
                 self._append(dl, chunk)
                 if dl.written == dl.size:
                     return
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise SourceFault(f"{type(e).__name__}: {e}") from None
         if dl.written < dl.size:
             raise SourceFault(f"connection closed at byte {dl.written} of {dl.size}")
 
@@ -425,6 +426,22 @@ class Downloader:
         if dl.check is not None:
             dl.check.advance(dl.written)
         dl.notify()
+
+
+async def _as_faults(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A source's stream whose every error is that source's fault (:class:`SourceFault`).
+
+    Not only network errors: a source that breaks in a way nobody foresaw (a parser's
+    ``ValueError`` on a hostile header) must cost its turn, not the download.
+    """
+    try:
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for chunk in stream:
+                yield chunk
+    except SourceFault:
+        raise
+    except Exception as e:
+        raise SourceFault(f"{type(e).__name__}: {e}") from None
 
 
 __all__ = ["HOLDBACK", "Download", "DownloadFailed", "Downloader"]
