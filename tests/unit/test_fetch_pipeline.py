@@ -369,3 +369,30 @@ def test_a_bug_in_the_download_fails_it_instead_of_hanging_its_readers(tmp_path:
     reason, gone = _run(tmp_path, body)
     assert "RuntimeError" in reason and gone
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_a_cut_is_recorded_with_the_bytes_its_reader_really_sent(tmp_path: Path) -> None:
+    """A reader sends bad bytes of attempt 1, then is stuck writing to a slow client while
+    attempt 2 (another liar, whose lie lies past what the reader sent) fails too. The record
+    of the cut must be attempt 1's bytes: judged by attempt 2's file, pacman's resume of its
+    bad ``.part`` would be accepted and its install would fail on the checksum."""
+    early = bytearray(DATA)
+    early[1000] ^= 0xFF
+    late = bytearray(DATA)
+    late[SIZE - 100] ^= 0xFF
+    first = Memory("first", bytes(early), delay=0.001)
+    second, honest = Memory("second", bytes(late)), Memory("honest")
+
+    async def body(w: World) -> bool | None:
+        want = Want(RP, _record())
+        dl = w.downloader.get_or_start(want, [first, second, honest])
+        reader = dl.follow(0, SIZE, window_ends=0.0)
+        sent = 0
+        while sent < 200 * 1024:  # past the window: unverified bytes go out
+            sent += len(await anext(reader))
+        # ...and the client stops reading: the reader stays where it is.
+        cached = await asyncio.shield(dl.done)
+        await reader.aclose()
+        return w.downloader.cuts.judge(want.key, sent, cached)
+
+    assert _run(tmp_path, body) is False

@@ -304,8 +304,13 @@ class Downloader:
         dl.notify()
 
     async def _record_cuts(self, dl: Download) -> None:
-        """For each reader that sent unverified bytes, what it sent (they are cut next)."""
-        for reader in [r for r in dl.readers if r.sent_unverified and r.pos > r.start]:
+        """For each reader that sent unverified bytes, what it sent (they are cut next).
+
+        Only readers of the current attempt: one still stuck on an older attempt (a slow
+        client) sent that attempt's bytes, recorded when it ended, not this file's.
+        """
+        sent = [r for r in dl.readers if r.sent_unverified and r.pos > r.start]
+        for reader in [r for r in sent if r.generation == dl.generation]:
             digest = await asyncio.to_thread(digest_range, dl.path, reader.start, reader.pos)
             self.cuts.add(dl.want.key, Cut(reader.start, reader.pos, digest))
 
