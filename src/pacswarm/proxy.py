@@ -213,10 +213,12 @@ class Proxy:
             offset = int(request.headers["Range"].removeprefix("bytes=").split("-")[0])
         except ValueError:
             offset = -1
-        good = None
+        good: bool | None = False
         if cached.is_file() and offset >= 0:
             good = await asyncio.to_thread(self.downloader.cuts.judge, key, offset, cached)
-        self.downloader.cuts.forget(key)
+            self.downloader.cuts.settled(key, offset)
+        if good is None:  # another request settled the record meanwhile: an ordinary resume
+            return await self.serve_file(request, cached)
         if good:
             log.info("resume of %s at %d: the partial file is a prefix of the good one", rp, offset)
             return await self.serve_file(request, cached)

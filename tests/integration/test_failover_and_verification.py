@@ -8,6 +8,7 @@ fails costs one failed run, after which pacswarm has the verified file.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,34 @@ def test_slow_mirror_is_abandoned_for_a_fast_one(
     assert result.returncode == 0, result.stdout + node.log()
     assert "stalled" in node.log()
     assert mirror2.hits(test_repo.packages["bigpkg"].filename) == 1
+
+
+def test_two_clients_cut_by_one_failed_attempt_are_each_judged_on_resume(
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    """Two machines share one download that outlives the window and fails: both hold a bad
+    ``.part``. The first one's resume must not wipe the record of the second's: that one
+    would be served the rest as an ordinary resume and pacman would hold a complete bad
+    file ("invalid or corrupted package") instead of being told to start over."""
+    pkg = test_repo.packages["largepkg"]
+    _corrupt(mirror.root / "extra/os/x86_64" / pkg.filename, pkg.size // 2)
+    mirror.set_fault("throttle", pkg.filename)
+    node = make_node(
+        [mirror.url_template, mirror2.url_template], extra_config="verify_window = 0.5\n"
+    )
+    first, second = make_pacman([node.url_template]), make_pacman([node.url_template], name="b")
+    assert first.run("-Sy").returncode == 0 and second.run("-Sy").returncode == 0
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda p: p.run("-S", "largepkg"), [first, second]))
+    assert all(r.returncode != 0 for r in runs), [r.stdout for r in runs]
+    assert first.part_files() and second.part_files()
+    assert "416" in first.run("-S", "largepkg").stdout
+    resumed = second.run("-S", "largepkg")
+    assert "416" in resumed.stdout, resumed.stdout + node.log()
+    assert "corrupted" not in resumed.stdout
+    final = second.run("-S", "largepkg")
+    assert final.returncode == 0, final.stdout + node.log()

@@ -87,8 +87,19 @@ class CutTransfers:
     def known(self, key: Key) -> bool:
         return key in self._cuts
 
-    def forget(self, key: Key) -> None:
-        self._cuts.pop(key, None)
+    def settled(self, key: Key, offset: int) -> None:
+        """A resume at ``offset`` was judged: drop the cuts that made it, not the others.
+
+        Several clients can be cut by one failed attempt (one download, many machines):
+        each one's ``.part`` is judged on its own resume.
+        """
+        cuts = self._cuts.get(key)
+        if cuts is None:
+            return
+        for cut in chain_to(cuts, offset) or []:
+            cuts.remove(cut)
+        if not cuts:
+            del self._cuts[key]
 
     def judge(self, key: Key, offset: int, verified: Path) -> bool | None:
         """True: the ``.part`` of ``offset`` bytes is a prefix of ``verified``; False: it is
