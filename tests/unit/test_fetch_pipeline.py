@@ -9,8 +9,10 @@ real mirrors and the real pacman are in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import TypeVar
 import pytest
 
 from pacswarm.config import Config
+from pacswarm.errors import NoSpaceError
 from pacswarm.events import Committed, NodeEvents
 from pacswarm.fetch.admit import Admission
 from pacswarm.fetch.download import HOLDBACK, Downloader, DownloadFailed, State
@@ -396,3 +399,24 @@ def test_a_cut_is_recorded_with_the_bytes_its_reader_really_sent(tmp_path: Path)
         return w.downloader.cuts.judge(want.key, sent, cached)
 
     assert _run(tmp_path, body) is False
+
+
+def test_the_disk_check_counts_the_downloads_already_running(tmp_path: Path) -> None:
+    """Two downloads that each fit the free space but not together: the second is refused
+    at once (507) instead of both failing midway on a full disk."""
+    free = shutil.disk_usage(tmp_path).free
+    size = free // 2 + (1 << 30)  # one fits (free > 2.2 GiB), two do not
+
+    def want(name: str) -> Want:
+        rp = RequestPath("core", "x86_64", name, FileKind.PACKAGE)
+        return Want(rp, dataclasses.replace(_record(), filename=name, csize=size))
+
+    async def body(w: World) -> str:
+        w.downloader.get_or_start(want("big-1-1-any.pkg.tar.zst"), [Memory("m", stall_at=0)])
+        with pytest.raises(NoSpaceError) as refused:
+            w.downloader.get_or_start(want("other-1-1-any.pkg.tar.zst"), [Memory("m")])
+        return str(refused.value)
+
+    if free < 3 << 30:
+        pytest.skip("needs 3 GiB free to tell one download from two")
+    assert "free some space" in _run(tmp_path, body)

@@ -181,11 +181,14 @@ class Downloader:
         """
         if (dl := self._active.get(want.key)) is not None:
             return dl
-        free = shutil.disk_usage(self.store.tmp_dir).free
+        # The downloads running will fill their files too: their bytes to come are taken.
+        coming = sum(d.size - d.written for d in self._active.values())
+        free = shutil.disk_usage(self.store.tmp_dir).free - coming
         if want.size + DISK_RESERVE > free:
             raise NoSpaceError(
-                f"{want.rp.filename} is {want.size} bytes, the db says; only {free} bytes are "
-                f"free in {self.store.tmp_dir}: free some space (or check the db's %CSIZE%)"
+                f"{want.rp.filename} is {want.size} bytes, the db says; only {max(free, 0)} "
+                f"bytes are free in {self.store.tmp_dir} (after the {len(self._active)} "
+                "downloads running): free some space (or check the db's %CSIZE%)"
             )
         fd, temp = self.store.new_temp(want.rp.filename)
         dl = Download(want, fd, temp, extra)
