@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +107,61 @@ def test_a_redirect_to_another_host_is_refused_and_the_next_mirror_serves(
     assert "redirect to another host (localhost) refused" in node.log()
     assert mirror.hits("core.db") == 0  # never followed
     assert mirror2.hits("core.db") >= 1
+
+
+class _TricklingSignatures(BaseHTTPRequestHandler):
+    """A mirror that serves files from ``root`` but its ``.sig`` files one byte at a time,
+    each byte just inside the read timeout: never a stall, never a complete signature."""
+
+    root = Path()
+
+    def do_GET(self) -> None:
+        path = self.root / self.path.lstrip("/")
+        if ".." in self.path or not path.is_file():
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if not self.path.endswith(".sig"):
+            self.wfile.write(data)
+            return
+        with contextlib.suppress(OSError):  # pacswarm hangs up: that is the point
+            for i in range(len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                time.sleep(0.5)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_signature_that_trickles_in_moves_to_the_next_mirror(
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    """No %PGPSIG% in the db; the first mirror sends its .sig a byte every half second
+    (under the 2 s read timeout, so no stall). The verified package must not wait for it
+    past pacman's patience: the next mirror's .sig is taken."""
+    for m in (mirror, mirror2):
+        for repo in ("core", "extra"):
+            strip_pgpsig(m.root / repo / "os/x86_64", repo)
+    handler = type("H", (_TricklingSignatures,), {"root": mirror.root})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        trickler = f"http://127.0.0.1:{server.server_address[1]}/$repo/os/$arch"
+        node = make_node([trickler, mirror2.url_template])
+        pacman = make_pacman([node.url_template])
+        assert pacman.run("-Sy").returncode == 0
+        result = pacman.run("-S", "libgreet", timeout=90)
+        assert result.returncode == 0, result.stdout + node.log()
+    finally:
+        server.shutdown()
+        server.server_close()

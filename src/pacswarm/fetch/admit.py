@@ -20,6 +20,7 @@ Two different failures, two different remedies (the download acts on them):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,13 @@ from pacswarm.upstream import MirrorFault, Upstream
 from pacswarm.verify import Verdict, verify_signature
 
 log = logging.getLogger(__name__)
+
+#: Seconds one mirror has to deliver a ``.sig``. The read timeout catches a mirror that
+#: stops; this one catches a mirror that trickles (a byte per second is never a stall).
+#: A ``.sig`` is at most 16 KiB: 4 s at the 4 KiB/s ``min_speed``. The package's tail waits
+#: for the verdict and pacman gives up 10 s after its last byte: the next mirror's ``.sig``
+#: must still come in time.
+SIGNATURE_DEADLINE = 5.0
 
 
 class BadBytes(IntegrityError):
@@ -121,9 +129,16 @@ class Admission:
             return None
 
     async def _fetch_sig(self, want: Want, mirror: str) -> Signed:
-        async with self.upstream.open(mirror, sig_path(want.rp)) as resp:
-            check_status(resp, 200)
-            return Signed(await read_body(resp, MAX_SIGNATURE), mirror)
+        """One mirror's ``.sig``, whole, within :data:`SIGNATURE_DEADLINE`."""
+        try:
+            async with asyncio.timeout(SIGNATURE_DEADLINE):
+                async with self.upstream.open(mirror, sig_path(want.rp)) as resp:
+                    check_status(resp, 200)
+                    return Signed(await read_body(resp, MAX_SIGNATURE), mirror)
+        except TimeoutError:
+            raise MirrorFault(
+                f"{want.rp.filename}.sig not complete after {SIGNATURE_DEADLINE:.0f} s"
+            ) from None
 
     # -- the decision ------------------------------------------------------------------
 
