@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,3 +421,27 @@ def test_the_disk_check_counts_the_downloads_already_running(tmp_path: Path) -> 
     if free < 3 << 30:
         pytest.skip("needs 3 GiB free to tell one download from two")
     assert "free some space" in _run(tmp_path, body)
+
+
+def test_a_verified_file_the_database_cannot_record_fails_cleanly(tmp_path: Path) -> None:
+    """The SQLite db is locked by another process (a long ``pacswarm`` command) past the
+    busy timeout: the download fails with a clear reason and leaves nothing behind, and the
+    next request starts afresh, instead of a dead task holding the file "in flight"."""
+    honest = Memory("honest")
+
+    async def body(w: World) -> tuple[str, bool, Path]:
+        other = sqlite3.connect(tmp_path / "pacswarm.sqlite", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(DownloadFailed) as failed:
+                await w.downloader.fetch(Want(RP, _record()), [honest])
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        gone = w.downloader.active(RP) is None
+        return str(failed.value), gone, await w.downloader.fetch(Want(RP, _record()), [honest])
+
+    reason, gone, path = _run(tmp_path, body)
+    assert "could not cache" in reason and "locked" in reason and gone
+    assert path.read_bytes() == DATA
+    assert not list((tmp_path / "tmp").iterdir())

@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,11 +326,12 @@ class Downloader:
             await asyncio.to_thread(os.fsync, dl.fd)
             os.close(dl.fd)
             dest = self.admission.commit(dl.want, dl.path, signed, dl.sources)
-        except OSError as e:
+        except (OSError, sqlite3.Error) as e:
             log.error("verified %s but could not cache it: %s (check free space)", dl.rp, e)
+            dl.error = f"could not cache {dl.rp.filename}: {e}"
             dl.path.unlink(missing_ok=True)
             self._active.pop(dl.want.key, None)
-            dl.done.set_exception(DownloadFailed(f"could not cache {dl.rp.filename}: {e}"))
+            dl.done.set_exception(DownloadFailed(dl.error))
             dl.done.exception()  # retrieved: a fetch() nobody awaits must not warn
             return
         dl.path = dest  # same loop step as the rename: readers opening now find the file
