@@ -283,13 +283,17 @@ class Proxy:
             # Let a fast client take a whole read's worth before we wait for it to drain.
             request.transport.set_write_buffer_limits(high=1 << 20)
         try:
-            async for chunk in dl.follow(start, end, window_ends):
-                await resp.write(chunk)
+            # aclosing: a client that left is no reader any more at once (fd closed too).
+            async with contextlib.aclosing(dl.follow(start, end, window_ends)) as chunks:
+                async for chunk in chunks:
+                    await resp.write(chunk)
+            await resp.write_eof()
         except DownloadFailed as e:
             # Cut the connection: pacman sees a failed transfer and tries its next Server.
             log.warning("cut %s for %s: %s", dl.rp, request.remote, e)
             if request.transport is not None:
                 request.transport.abort()
             return resp
-        await resp.write_eof()
+        except ConnectionResetError:  # pacman interrupted: the download goes on without it
+            log.info("client went away during %s (%s)", dl.rp, request.remote)
         return resp

@@ -153,3 +153,26 @@ def test_methods_other_than_get_and_head(mirror: MirrorServer, make_node: NodeFa
             "Content-Length: 0\r\nConnection: close\r\n\r\n".encode(),
         )
         assert _status(reply) == 405, method
+
+
+def test_a_client_that_hangs_up_mid_download_is_logged_as_such_not_as_a_crash(
+    test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory
+) -> None:
+    """pacman interrupted (Ctrl-C) while a download streams: one plain log line, no
+    "Error handling request" traceback, and the download still caches the file."""
+    pkg = test_repo.packages["largepkg"]
+    mirror.set_fault("throttle", pkg.filename)  # outlives the window: bytes flow, then a hang-up
+    node = make_node([mirror.url_template], extra_config="verify_window = 0.5\n")
+    assert node.get("/extra/os/x86_64/extra.db")[0] == 200
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+        s.sendall(f"GET /extra/os/x86_64/{pkg.filename} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = 0
+        while got < 1 << 20:  # past the window, into the body
+            got += len(s.recv(65536))
+    cached = node.data_dir / "cache/extra/x86_64" / pkg.filename
+    deadline = time.monotonic() + 60
+    while not cached.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cached.read_bytes() == pkg.path.read_bytes()
+    assert "Error handling request" not in node.log(), node.log()
+    assert "client went away" in node.log()
