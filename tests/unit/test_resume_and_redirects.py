@@ -82,3 +82,18 @@ def test_verify_window_zero_turns_it_off(tmp_path: Path) -> None:
     config.write_text("verify_window = 0\n")
     assert load_config(config).verify_window == 0.0
     assert load_config(None).verify_window == 5.0
+
+
+def test_a_settled_resume_drops_its_own_cuts_and_keeps_the_others() -> None:
+    """Two machines cut by one attempt hold the same bytes: judging one keeps the other's
+    record; a resume no record explains drops them all (no stale refusals later)."""
+    cuts = CutTransfers()
+    cuts.add(KEY, Cut(0, 100, "a"))
+    cuts.add(KEY, Cut(0, 100, "a"))
+    cuts.settled(KEY, 100)
+    assert cuts.known(KEY)
+    cuts.settled(KEY, 100)
+    assert not cuts.known(KEY)
+    cuts.add(KEY, Cut(0, 100, "a"))
+    cuts.settled(KEY, 120)
+    assert not cuts.known(KEY)

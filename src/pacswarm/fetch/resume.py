@@ -91,12 +91,14 @@ class CutTransfers:
         """A resume at ``offset`` was judged: drop the cuts that made it, not the others.
 
         Several clients can be cut by one failed attempt (one download, many machines):
-        each one's ``.part`` is judged on its own resume.
+        each one's ``.part`` is judged on its own resume. A resume no record explains drops
+        them all, as before: stale records must not refuse later ordinary resumes.
         """
         cuts = self._cuts.get(key)
         if cuts is None:
             return
-        for cut in chain_to(cuts, offset) or []:
+        chain = chain_to(cuts, offset)
+        for cut in chain or cuts[:]:
             cuts.remove(cut)
         if not cuts:
             del self._cuts[key]
