@@ -9,6 +9,7 @@ real mirrors and the real pacman are in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -445,3 +446,29 @@ def test_a_verified_file_the_database_cannot_record_fails_cleanly(tmp_path: Path
     assert "could not cache" in reason and "locked" in reason and gone
     assert path.read_bytes() == DATA
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_a_cut_reader_sends_nothing_after_its_record_is_taken(tmp_path: Path) -> None:
+    """Past the window, a reader behind a fast source is still sending when the attempt fails
+    (the bad byte is in the held-back tail). What it sent must be exactly what was recorded:
+    a longer ``.part`` matches no record and pacman is told to start over (416) although its
+    bytes were a good prefix."""
+    big = os.urandom(8 << 20)
+    bad = bytearray(big)
+    bad[len(big) - 100] ^= 0xFF
+    liar = Memory("liar", bytes(bad), piece=1 << 20, delay=0.002)
+    honest = Memory("honest", big)
+    record = dataclasses.replace(_record(), csize=len(big), sha256=hashlib.sha256(big).hexdigest())
+
+    async def body(w: World) -> bool | None:
+        want = Want(RP, record)
+        dl = w.downloader.get_or_start(want, [liar, honest])
+        sent = 0
+        with contextlib.suppress(DownloadFailed):
+            async for chunk in dl.follow(0, len(big), window_ends=0.0):
+                sent += len(chunk)
+                await asyncio.sleep(0)  # a client: the write yields to the loop
+        cached = await asyncio.shield(dl.done)
+        return w.downloader.cuts.judge(want.key, sent, cached)
+
+    assert _run(tmp_path, body) is True

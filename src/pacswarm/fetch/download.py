@@ -93,6 +93,7 @@ class Download:
         self.check: StreamingCheck | None = None  # gpg, fed as bytes arrive
         self.first: Signed | None = None  # the signature checked first, once known
         self.readers: set[_Reader] = set()
+        self.recording = False  # the cut records are being taken: readers send nothing
         self.done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
         self._changed = asyncio.Event()
 
@@ -108,7 +109,7 @@ class Download:
         """How many bytes from the start a reader may send now (window, then hold-back)."""
         if self.state is State.VERIFIED:
             return self.size
-        if now < window_ends:
+        if now < window_ends or self.recording:
             return 0
         return max(0, min(self.written, self.size - HOLDBACK))
 
@@ -313,10 +314,14 @@ class Downloader:
         Only readers of the current attempt: one still stuck on an older attempt (a slow
         client) sent that attempt's bytes, recorded when it ended, not this file's.
         """
+        dl.recording = True  # until the caller's next step swaps or fails the file
         sent = [r for r in dl.readers if r.sent_unverified and r.pos > r.start]
-        for reader in [r for r in sent if r.generation == dl.generation]:
-            digest = await asyncio.to_thread(digest_range, dl.path, reader.start, reader.pos)
-            self.cuts.add(dl.want.key, Cut(reader.start, reader.pos, digest))
+        try:
+            for reader in [r for r in sent if r.generation == dl.generation]:
+                digest = await asyncio.to_thread(digest_range, dl.path, reader.start, reader.pos)
+                self.cuts.add(dl.want.key, Cut(reader.start, reader.pos, digest))
+        finally:
+            dl.recording = False
 
     async def _commit(self, dl: Download, signed: Signed) -> None:
         dl.signature = signed.signature
