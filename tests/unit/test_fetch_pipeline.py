@@ -180,7 +180,7 @@ def test_an_honest_source_is_committed_once(tmp_path: Path) -> None:
 def test_a_liar_is_replaced_inside_the_window_and_the_reader_sees_only_good_bytes(
     tmp_path: Path,
 ) -> None:
-    liar, honest = _liar(), Memory("honest")
+    liar, honest = _liar(delay=0.001), Memory("honest")  # the reader runs while bytes arrive
 
     async def body(w: World) -> tuple[bytes, list[State]]:
         dl = w.downloader.get_or_start(Want(RP, _record()), [liar, honest])
@@ -322,3 +322,36 @@ def test_source_faults_name_the_source(tmp_path: Path) -> None:
 
     assert _run(tmp_path, body).read_bytes() == DATA
     assert refuses.failures == ["HTTP 503"]
+
+
+def test_a_file_no_source_can_match_fails_instead_of_retrying_for_ever(tmp_path: Path) -> None:
+    """A db entry of 0 bytes with another file's sha256: no source sends a byte, so none can
+    be refused for the bad file; the attempts are still bounded and pacman gets an error."""
+    honest = Memory("honest")
+    empty = PackageRecord(
+        filename=RP.filename,
+        name="foo",
+        version="1.0-1",
+        csize=0,
+        sha256=_record().sha256,
+        pgpsig=GOOD,
+    )
+
+    async def body(w: World) -> str:
+        with pytest.raises(DownloadFailed) as failed:
+            await w.downloader.fetch(Want(RP, empty), [honest])
+        return str(failed.value)
+
+    assert "sha256" in _run(tmp_path, body)
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_past_the_window_the_held_back_tail_follows_the_admission(tmp_path: Path) -> None:
+    """A reader past its window has everything but the tail; admission releases the tail."""
+    honest = Memory("honest", delay=0.001)
+
+    async def body(w: World) -> bytes:
+        dl = w.downloader.get_or_start(Want(RP, _record()), [honest])
+        return await _read(dl.follow(0, SIZE, window_ends=0.0))
+
+    assert _run(tmp_path, body) == DATA
