@@ -200,3 +200,27 @@ def test_slow_mirror_is_abandoned_for_a_fast_one(
     assert result.returncode == 0, result.stdout + node.log()
     assert "stalled" in node.log()
     assert mirror2.hits(test_repo.packages["bigpkg"].filename) == 1
+
+
+def test_a_bad_signature_on_every_mirror_caches_nothing(
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    """Each mirror's ``.sig`` is tried on the bytes in turn; none trusted, nothing admitted."""
+    pkg = test_repo.packages["hello"]
+    for m in (mirror, mirror2):
+        for repo in ("core", "extra"):
+            strip_pgpsig(m.root / repo / "os/x86_64", repo)
+        test_repo.resign(m.root, "hello", key="rogue", update_db=False)
+    node = make_node([mirror.url_template, mirror2.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    failed = pacman.run("-S", "hello")
+    assert failed.returncode != 0, failed.stdout
+    assert pacman.run("-Q", "hello").returncode != 0
+    assert "no trusted signature" in node.log(), node.log()
+    assert not [p for p in node.cached_files() if pkg.filename in p.name]
+    assert _penalised(node, mirror) and _penalised(node, mirror2), node.log()
