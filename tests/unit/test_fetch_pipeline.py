@@ -32,6 +32,7 @@ from pacswarm.verify import Verdict
 
 T = TypeVar("T")
 GOOD = b"good signature"
+UNCHECKABLE = b"a signature our gpg cannot check"
 SIZE = 300 * 1024
 DATA = os.urandom(SIZE)
 RP = RequestPath("core", "x86_64", "foo-1.0-1-x86_64.pkg.tar.zst", FileKind.PACKAGE)
@@ -69,6 +70,8 @@ class _Check:
 def _verdict(signature: bytes) -> Verdict:
     if signature == GOOD:
         return Verdict(True, "trusted")
+    if signature == UNCHECKABLE:  # our own gpg is broken, whatever the signature
+        return Verdict(False, "gpg is not installed; install gnupg", local=True)
     return Verdict(False, "signature is of unknown trust")
 
 
@@ -355,3 +358,17 @@ def test_past_the_window_the_held_back_tail_follows_the_admission(tmp_path: Path
         return await _read(dl.follow(0, SIZE, window_ends=0.0))
 
     assert _run(tmp_path, body) == DATA
+
+
+def test_a_signature_our_gpg_cannot_check_blames_gpg_not_the_signature(tmp_path: Path) -> None:
+    """A broken local gpg refuses the file but says so: the user fixes gpg, not the repo."""
+    honest = Memory("honest")
+
+    async def body(w: World) -> str:
+        with pytest.raises(DownloadFailed) as failed:
+            await w.downloader.fetch(Want(RP, _record(UNCHECKABLE)), [honest])
+        return str(failed.value)
+
+    reason = _run(tmp_path, body)
+    assert "could not check the signature" in reason and "install gnupg" in reason
+    assert "%PGPSIG%" not in reason
