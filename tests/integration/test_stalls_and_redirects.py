@@ -105,3 +105,42 @@ def test_a_redirect_to_another_host_is_refused_and_the_next_mirror_serves(
     assert "redirect to another host (localhost) refused" in node.log()
     assert mirror.hits("core.db") == 0  # never followed
     assert mirror2.hits("core.db") >= 1
+
+
+class _Looper(BaseHTTPRequestHandler):
+    """Redirects every request to itself: a misconfigured mirror's redirect loop."""
+
+    hits: list[str]
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_redirect_loop_is_given_up_and_the_next_mirror_serves(
+    test_repo: TestRepo, mirror2: MirrorServer, make_node: NodeFactory, make_pacman: PacmanFactory
+) -> None:
+    hits: list[str] = []
+    handler = type("H", (_Looper,), {"hits": hits})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        looper = f"http://127.0.0.1:{server.server_address[1]}/$repo/os/$arch"
+        node = make_node([looper, mirror2.url_template])
+        pacman = make_pacman([node.url_template])
+        assert pacman.run("-Sy").returncode == 0
+        assert pacman.run("-S", "hello").returncode == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "more than 3 redirects" in node.log()
+    # Each file asked of the looping mirror costs at most the first request and 3 redirects.
+    per_file = {path: hits.count(path) for path in hits}
+    assert per_file and max(per_file.values()) <= 4, per_file
