@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,28 @@ def test_a_redirect_loop_is_given_up_and_the_next_mirror_serves(
     # Each file asked of the looping mirror costs at most the first request and 3 redirects.
     per_file = {path: hits.count(path) for path in hits}
     assert per_file and max(per_file.values()) <= 4, per_file
+
+
+def test_an_endless_signature_is_cut_at_the_cap_and_the_next_mirror_serves(
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    """No %PGPSIG%: mirror 1's .sig has no Content-Length and never ends (256 MiB of
+    garbage). pacswarm stops reading at pacman's 16 KiB cap instead of holding it all."""
+    for m in (mirror, mirror2):
+        for repo in ("core", "extra"):
+            strip_pgpsig(m.root / repo / "os/x86_64", repo)
+    mirror.set_fault("endless", "*.pkg.tar.zst.sig")
+    node = make_node([mirror.url_template, mirror2.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    result = pacman.run("-S", "libgreet", timeout=60)
+    assert result.returncode == 0, result.stdout + node.log()
+    assert "larger than the 16384 bytes allowed" in node.log(), node.log()
+    assert node.proc is not None
+    status = Path(f"/proc/{node.proc.pid}/status").read_text()
+    peak_kb = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1])
+    assert peak_kb < 200 * 1024, f"node peaked at {peak_kb} KiB"  # idles at ~100 MB
