@@ -335,3 +335,23 @@ def test_a_db_refresh_slower_than_pacmans_patience_serves_the_held_copy(
     while "updated /extra/os/x86_64/extra.files" not in node.log():
         assert time.monotonic() < deadline, node.log()
         time.sleep(0.2)
+
+
+def test_a_mirror_trickling_the_db_below_min_speed_fails_over(
+    big_extra: bigdb.BigDbs,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    """1 KiB/s never trips a read timeout, but is far below min_speed: the db watchdog leaves
+    that mirror for the next one instead of taking an hour over a big extra.db."""
+    for m in (mirror, mirror2):
+        bigdb.install(big_extra, repo_dir(m, "extra"))
+    mirror.set_fault("slow", "extra.db")
+    node = make_node([mirror.url_template, mirror2.url_template])
+    pacman = make_pacman([node.url_template])
+    sync = pacman.run("-Sy", timeout=60)
+    assert sync.returncode == 0, sync.stdout + node.log()
+    assert (pacman.dbpath / "sync/extra.db").read_bytes() == big_extra.db.read_bytes()
+    assert "extra.db stalled" in node.log(), node.log()

@@ -232,3 +232,27 @@ def test_two_clients_cut_by_one_failed_attempt_are_each_judged_on_resume(
     assert "corrupted" not in resumed.stdout
     final = second.run("-S", "largepkg")
     assert final.returncode == 0, final.stdout + node.log()
+
+
+def test_a_bad_signature_on_every_mirror_caches_nothing(
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    """Each mirror's ``.sig`` is tried on the bytes in turn; none trusted, nothing admitted."""
+    pkg = test_repo.packages["hello"]
+    for m in (mirror, mirror2):
+        for repo in ("core", "extra"):
+            strip_pgpsig(m.root / repo / "os/x86_64", repo)
+        test_repo.resign(m.root, "hello", key="rogue", update_db=False)
+    node = make_node([mirror.url_template, mirror2.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    failed = pacman.run("-S", "hello")
+    assert failed.returncode != 0, failed.stdout
+    assert pacman.run("-Q", "hello").returncode != 0
+    assert "no trusted signature" in node.log(), node.log()
+    assert not [p for p in node.cached_files() if pkg.filename in p.name]
+    assert _penalised(node, mirror) and _penalised(node, mirror2), node.log()

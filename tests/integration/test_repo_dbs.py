@@ -85,4 +85,9 @@ def test_head_answers_without_downloading(
         assert resp.status == 200
         assert int(resp.headers["Content-Length"]) == bigpkg.size
         assert resp.read() == b""
+    # A download would have made its temp file before the answer went out, and moves it into
+    # the cache when done: neither place holds the package (tmp first, so a commit between
+    # the two looks cannot hide it).
+    assert not [p for p in (node.data_dir / "tmp").iterdir() if bigpkg.filename in p.name]
+    assert not [p for p in node.cached_files() if bigpkg.filename in p.name]
     assert mirror.hits(bigpkg.filename) == 0

@@ -165,3 +165,67 @@ def test_a_signature_that_trickles_in_moves_to_the_next_mirror(
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _Looper(BaseHTTPRequestHandler):
+    """Redirects every request to itself: a misconfigured mirror's redirect loop."""
+
+    hits: list[str]
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_redirect_loop_is_given_up_and_the_next_mirror_serves(
+    test_repo: TestRepo, mirror2: MirrorServer, make_node: NodeFactory, make_pacman: PacmanFactory
+) -> None:
+    hits: list[str] = []
+    handler = type("H", (_Looper,), {"hits": hits})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        looper = f"http://127.0.0.1:{server.server_address[1]}/$repo/os/$arch"
+        node = make_node([looper, mirror2.url_template])
+        pacman = make_pacman([node.url_template])
+        assert pacman.run("-Sy").returncode == 0
+        assert pacman.run("-S", "hello").returncode == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "more than 3 redirects" in node.log()
+    # Each file asked of the looping mirror costs at most the first request and 3 redirects.
+    per_file = {path: hits.count(path) for path in hits}
+    assert per_file and max(per_file.values()) <= 4, per_file
+
+
+def test_an_endless_signature_is_cut_at_the_cap_and_the_next_mirror_serves(
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    """No %PGPSIG%: mirror 1's .sig has no Content-Length and never ends (256 MiB of
+    garbage). pacswarm stops reading at pacman's 16 KiB cap instead of holding it all."""
+    for m in (mirror, mirror2):
+        for repo in ("core", "extra"):
+            strip_pgpsig(m.root / repo / "os/x86_64", repo)
+    mirror.set_fault("endless", "*.pkg.tar.zst.sig")
+    node = make_node([mirror.url_template, mirror2.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    result = pacman.run("-S", "libgreet", timeout=60)
+    assert result.returncode == 0, result.stdout + node.log()
+    assert "larger than the 16384 bytes allowed" in node.log(), node.log()
+    assert node.proc is not None
+    status = Path(f"/proc/{node.proc.pid}/status").read_text()
+    peak_kb = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1])
+    assert peak_kb < 200 * 1024, f"node peaked at {peak_kb} KiB"  # idles at ~100 MB

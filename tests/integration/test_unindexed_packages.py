@@ -75,3 +75,17 @@ def test_a_db_size_larger_than_the_free_disk_is_refused_before_writing(
     assert mirror.hits(hello.filename) == 0
     assert not list((node.data_dir / "tmp").iterdir())
     assert node.get("/")[0] == 200
+
+
+def test_requests_for_unlisted_packages_refresh_the_db_at_most_once_a_minute(
+    mirror: MirrorServer, make_node: NodeFactory
+) -> None:
+    """Each unlisted name may mean pacswarm's db is behind; a stream of them (a newer pacman
+    db, a scanner) must not turn into one db download per request on the mirrors."""
+    node = make_node([mirror.url_template])
+    assert node.get("/core/os/x86_64/core.db")[0] == 200
+    before = mirror.hits("core.db")
+    for n in range(5):
+        status, _, _ = node.get(f"/core/os/x86_64/nothere{n}-1.0-1-x86_64.pkg.tar.zst")
+        assert status == 404
+    assert mirror.hits("core.db") - before == 1  # one refresh, then the answer from memory

@@ -37,6 +37,7 @@ from pacswarm.verify import Verdict
 
 T = TypeVar("T")
 GOOD = b"good signature"
+UNCHECKABLE = b"a signature our gpg cannot check"
 SIZE = 300 * 1024
 DATA = os.urandom(SIZE)
 RP = RequestPath("core", "x86_64", "foo-1.0-1-x86_64.pkg.tar.zst", FileKind.PACKAGE)
@@ -74,6 +75,8 @@ class _Check:
 def _verdict(signature: bytes) -> Verdict:
     if signature == GOOD:
         return Verdict(True, "trusted")
+    if signature == UNCHECKABLE:  # our own gpg is broken, whatever the signature
+        return Verdict(False, "gpg is not installed; install gnupg", local=True)
     return Verdict(False, "signature is of unknown trust")
 
 
@@ -185,7 +188,7 @@ def test_an_honest_source_is_committed_once(tmp_path: Path) -> None:
 def test_a_liar_is_replaced_inside_the_window_and_the_reader_sees_only_good_bytes(
     tmp_path: Path,
 ) -> None:
-    liar, honest = _liar(), Memory("honest")
+    liar, honest = _liar(delay=0.001), Memory("honest")  # the reader runs while bytes arrive
 
     async def body(w: World) -> tuple[bytes, list[State]]:
         dl = w.downloader.get_or_start(Want(RP, _record()), [liar, honest])
@@ -472,3 +475,50 @@ def test_a_cut_reader_sends_nothing_after_its_record_is_taken(tmp_path: Path) ->
         return w.downloader.cuts.judge(want.key, sent, cached)
 
     assert _run(tmp_path, body) is True
+
+
+def test_a_file_no_source_can_match_fails_instead_of_retrying_for_ever(tmp_path: Path) -> None:
+    """A db entry of 0 bytes with another file's sha256: no source sends a byte, so none can
+    be refused for the bad file; the attempts are still bounded and pacman gets an error."""
+    honest = Memory("honest")
+    empty = PackageRecord(
+        filename=RP.filename,
+        name="foo",
+        version="1.0-1",
+        csize=0,
+        sha256=_record().sha256,
+        pgpsig=GOOD,
+    )
+
+    async def body(w: World) -> str:
+        with pytest.raises(DownloadFailed) as failed:
+            await w.downloader.fetch(Want(RP, empty), [honest])
+        return str(failed.value)
+
+    assert "sha256" in _run(tmp_path, body)
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_past_the_window_the_held_back_tail_follows_the_admission(tmp_path: Path) -> None:
+    """A reader past its window has everything but the tail; admission releases the tail."""
+    honest = Memory("honest", delay=0.001)
+
+    async def body(w: World) -> bytes:
+        dl = w.downloader.get_or_start(Want(RP, _record()), [honest])
+        return await _read(dl.follow(0, SIZE, window_ends=0.0))
+
+    assert _run(tmp_path, body) == DATA
+
+
+def test_a_signature_our_gpg_cannot_check_blames_gpg_not_the_signature(tmp_path: Path) -> None:
+    """A broken local gpg refuses the file but says so: the user fixes gpg, not the repo."""
+    honest = Memory("honest")
+
+    async def body(w: World) -> str:
+        with pytest.raises(DownloadFailed) as failed:
+            await w.downloader.fetch(Want(RP, _record(UNCHECKABLE)), [honest])
+        return str(failed.value)
+
+    reason = _run(tmp_path, body)
+    assert "could not check the signature" in reason and "install gnupg" in reason
+    assert "%PGPSIG%" not in reason
