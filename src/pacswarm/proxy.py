@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from pacswarm.dbsync import DbCopy, RepoDbs, canonical_name
 from pacswarm.errors import NoSpaceError, UpstreamError
@@ -115,14 +116,17 @@ class Proxy:
         headers = {"Content-Type": OCTETS}
         if warning:
             headers["Warning"] = warning
-        response = web.FileResponse(copy.path, headers=headers)
         since = request.if_modified_since
         if since is not None and since.timestamp() > time.time():
-            # A date in the future (left by a mirror that lied, before pacswarm refused such
-            # dates) would make every later -Sy a 304: answer as if pacman had sent none.
-            plain = {k: v for k, v in request.headers.items() if k != "If-Modified-Since"}
-            await response.prepare(request.clone(headers=plain))
-        return response
+            # pacman's copy carries a date in the future (from a mirror that lied, before
+            # pacswarm refused such dates): a 304 now would freeze its syncs for ever, and
+            # curl drops a 200 whose Last-Modified is older than what it asked. So: the whole
+            # db, without Last-Modified (pacman then dates its copy by its own clock). Rare,
+            # once per such copy: read whole, not sendfile.
+            log.warning("%s: pacman's copy is dated in the future; sending ours undated", rp)
+            body = await asyncio.to_thread(copy.path.read_bytes)
+            return web.Response(body=body, headers=headers)
+        return web.FileResponse(copy.path, headers=headers)
 
     def _held_db(self, rp: RequestPath) -> Path | None:
         name = canonical_name(rp)
@@ -252,14 +256,10 @@ class Proxy:
             ) from None
         except FileNotFoundError:  # evicted or removed between the check and now
             raise web.HTTPNotFound() from None
-        response = web.FileResponse(path, headers={"Content-Type": OCTETS})
         if wanted is None and "Range" in request.headers:
             # A Range we ignore (malformed, multi-range, other unit): send the whole file.
-            plain = request.clone(
-                headers={k: v for k, v in request.headers.items() if k != "Range"}
-            )
-            await response.prepare(plain)
-        return response
+            return _WholeFile(path, headers={"Content-Type": OCTETS})
+        return web.FileResponse(path, headers={"Content-Type": OCTETS})
 
     async def stream(
         self, request: web.Request, dl: Download, window_ends: float
@@ -297,3 +297,18 @@ class Proxy:
         except ConnectionResetError:  # pacman interrupted: the download goes on without it
             log.info("client went away during %s (%s)", dl.rp, request.remote)
         return resp
+
+
+class _WholeFile(web.FileResponse):
+    """A file response that ignores the request's Range: the whole file, status 200.
+
+    aiohttp prepares whatever a handler returns, so the request seen by ``prepare`` is
+    changed here rather than by preparing the response early (which it would then prepare a
+    second time, and fail).
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        plain = {k: v for k, v in request.headers.items() if k != "Range"}
+        return await super().prepare(request.clone(headers=plain))

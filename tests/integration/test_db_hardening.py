@@ -355,3 +355,20 @@ def test_a_mirror_trickling_the_db_below_min_speed_fails_over(
     assert sync.returncode == 0, sync.stdout + node.log()
     assert (pacman.dbpath / "sync/extra.db").read_bytes() == big_extra.db.read_bytes()
     assert "extra.db stalled" in node.log(), node.log()
+
+
+def test_a_future_date_on_pacmans_own_db_does_not_freeze_its_syncs(
+    test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory, make_pacman: PacmanFactory
+) -> None:
+    """pacman sends its db's mtime as If-Modified-Since; a mtime in 2100 (set from a lying
+    mirror's Last-Modified before pacswarm refused such dates) must not make every -Sy a 304."""
+    node = make_node([mirror.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    os.utime(pacman.dbpath / "sync/core.db", (YEAR_2100, YEAR_2100))
+
+    test_repo.resign(mirror.root, "hello", key="packager", update_db=True)
+    update = (repo_dir(mirror, "core") / "core.db").read_bytes()
+    sync = pacman.run("-Sy")  # not -Syy: pacman sends If-Modified-Since 2100
+    assert sync.returncode == 0, sync.stdout
+    assert (pacman.dbpath / "sync/core.db").read_bytes() == update, node.log()

@@ -256,3 +256,24 @@ def test_a_bad_signature_on_every_mirror_caches_nothing(
     assert "no trusted signature" in node.log(), node.log()
     assert not [p for p in node.cached_files() if pkg.filename in p.name]
     assert _penalised(node, mirror) and _penalised(node, mirror2), node.log()
+
+
+def test_a_mirror_without_range_support_still_completes_a_cut_download(
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    """Mirror 1 cuts the file; mirror 2 answers the Range with 200 and the whole file. Its
+    bytes must not be appended at the offset (a wrong file); the install still succeeds."""
+    bigpkg = test_repo.packages["bigpkg"]
+    mirror.set_fault("truncate", bigpkg.filename, after_bytes=MIB)
+    mirror2.set_fault("no-range", bigpkg.filename)
+    node = make_node([mirror.url_template, mirror2.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    result = pacman.run("-S", "bigpkg")
+    assert result.returncode == 0, result.stdout + node.log()
+    assert (pacman.cachedir / bigpkg.filename).read_bytes() == bigpkg.path.read_bytes()
+    assert "no Range support" in node.log(), node.log()

@@ -37,6 +37,7 @@ FAULT_MODES = (
     "trickle",
     "ignore-ims",
     "throttle",
+    "no-range",
 )
 ENDLESS_CAP = 256 * 1024 * 1024
 SLOW_RATE = 1024  # bytes per second for the "slow" fault
@@ -133,7 +134,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.mode == "endless":
             self._send_endless(file, mtime)
             return
-        span = self._parse_range(size)
+        # "no-range": a server without Range support answers 200 with the whole file.
+        no_range = fault is not None and fault.mode == "no-range"
+        span = (0, size, False) if no_range else self._parse_range(size)
         if span is None:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{size}")

@@ -8,6 +8,7 @@ synced yet is not a fault), 502 otherwise.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -19,6 +20,7 @@ from pacswarm.requestpath import RequestPath
 from pacswarm.upstream import MirrorFault, Upstream
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: How much of a body :func:`read_body` takes per read: small enough that a trickling mirror
 #: still makes progress visible to the stall timeout, big enough to be cheap for 60 MB dbs.
@@ -110,8 +112,9 @@ async def fetch_small(upstream: Upstream, rp: RequestPath, limit: int = MAX_SIGN
 class MirrorSource:
     """One upstream mirror as a package :class:`~pacswarm.fetch.source.Source`.
 
-    Resumes with ``Range``; a mirror that answers a Range request with anything but the
-    matching ``206`` cannot continue the file and is a fault, as is any status but 200/206.
+    Resumes with ``Range``; a mirror without Range support (200 to a Range request) still
+    continues the file: the bytes before the offset are dropped. A 206 from another offset,
+    or any status but 200/206, is a fault.
     """
 
     def __init__(self, upstream: Upstream, mirror: str) -> None:
@@ -128,13 +131,20 @@ class MirrorSource:
     async def stream(self, want: Want, offset: int) -> AsyncIterator[bytes]:
         async with self.upstream.open(self.mirror, want.rp, offset=offset) as resp:
             check_status(resp, 200, 206)
-            if offset and resp.status != 206:
-                raise MirrorFault(f"HTTP {resp.status} for bytes {offset}- (no Range support)")
             content_range = resp.headers.get("Content-Range", "")
             if resp.status == 206 and not content_range.startswith(f"bytes {offset}-"):
                 raise MirrorFault(f"wrong Content-Range {content_range!r} for bytes {offset}-")
+            # A 200 to a Range request is the whole file (no Range support): its first
+            # ``offset`` bytes are read and dropped, so the download still continues.
+            skip = offset if resp.status == 200 else 0
+            if skip:
+                log.info("%s has no Range support: dropping the first %d bytes", self.mirror, skip)
             async for chunk in resp.content.iter_any():
-                yield chunk
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                if chunk:
+                    yield chunk
 
     def failed(self, reason: str) -> None:
         self.upstream.failed(self.mirror, reason)
