@@ -522,3 +522,24 @@ def test_a_signature_our_gpg_cannot_check_blames_gpg_not_the_signature(tmp_path:
     reason = _run(tmp_path, body)
     assert "could not check the signature" in reason and "install gnupg" in reason
     assert "%PGPSIG%" not in reason
+
+
+def test_a_range_short_of_the_end_waits_for_verification_even_past_the_window(
+    tmp_path: Path,
+) -> None:
+    """The hold-back protects only the tail: bytes 0-999 of a liar's file must never make a
+    complete response, window or not."""
+    liar = _liar(delay=0.001)
+
+    async def body(w: World) -> tuple[int, bool]:
+        dl = w.downloader.get_or_start(Want(RP, _record()), [liar])
+        got = 0
+        try:
+            async for chunk in dl.follow(0, 1000, window_ends=0.0):
+                got += len(chunk)
+        except DownloadFailed:
+            return got, True
+        return got, False
+
+    got, cut = _run(tmp_path, body)
+    assert (got, cut) == (0, True)

@@ -26,6 +26,7 @@ import contextlib
 import enum
 import hashlib
 import logging
+import math
 import os
 import shutil
 import sqlite3
@@ -120,7 +121,14 @@ class Download:
             raise DownloadFailed(self.error or "download file gone") from None
 
     async def follow(self, start: int, end: int, window_ends: float) -> AsyncIterator[bytes]:
-        """Bytes ``start..end`` as they become sendable. Raises :class:`DownloadFailed`."""
+        """Bytes ``start..end`` as they become sendable. Raises :class:`DownloadFailed`.
+
+        A range that stops short of the end gets nothing before verification: the hold-back
+        keeps only the file's tail, so such a response would otherwise complete with bytes
+        nobody checked (pacman never asks for one; a browser or a script might).
+        """
+        if end < self.size:
+            window_ends = math.inf
         loop = asyncio.get_running_loop()
         reader = _Reader(start, start, self.generation)
         self.readers.add(reader)
@@ -150,7 +158,7 @@ class Download:
                     yield data
                     continue
                 changed = self._changed.wait()
-                timeout = window_ends - now if now < window_ends else None
+                timeout = window_ends - now if now < window_ends < math.inf else None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed, timeout)
         finally:
