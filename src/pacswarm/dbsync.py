@@ -173,19 +173,6 @@ class RepoDbs:
         held = self._index.get((repo, arch))
         return held.db.get(filename) if held is not None else None
 
-    def has_index(self, repo: str, arch: str) -> bool:
-        return (repo, arch) in self._index
-
-    async def ensure_index(self, repo: str, arch: str) -> None:
-        """Fetch ``repo.db`` if we have never seen it (a package asked before any -Sy)."""
-        if (repo, arch) in self._index:
-            return
-        rp = RequestPath(repo, arch, f"{repo}.db", FileKind.DB)
-        try:
-            await self.refresh(rp)
-        except UpstreamError as e:
-            log.info("no index for %s/%s: %s", repo, arch, e)
-
     async def refresh(self, rp: RequestPath) -> DbCopy:
         """Bring our copy of ``rp`` up to date from the first mirror that answers well."""
         name = canonical_name(rp)

@@ -16,7 +16,6 @@ import aiohttp
 
 from pacswarm.errors import UpstreamError
 from pacswarm.fetch.source import Want
-from pacswarm.requestpath import RequestPath
 from pacswarm.upstream import MirrorFault, Upstream
 
 T = TypeVar("T")
@@ -93,20 +92,6 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 #: pacman's own cap on a package ``.sig`` (dload.c: "hard upper limit of 16KiB").
 MAX_SIGNATURE = 16 * 1024
-
-
-async def fetch_small(upstream: Upstream, rp: RequestPath, limit: int = MAX_SIGNATURE) -> bytes:
-    """A small file (a signature) from the first mirror that has it, read whole.
-
-    Raises :class:`UpstreamError` when no mirror has it (status 404 if none had it at all).
-    """
-
-    async def attempt(mirror: str) -> bytes:
-        async with upstream.open(mirror, rp) as resp:
-            check_status(resp, 200)
-            return await read_body(resp, limit)
-
-    return await each_mirror(upstream, str(rp), attempt)
 
 
 class MirrorSource:
