@@ -213,12 +213,12 @@ class Proxy:
                     self.downloader.fetch(Want(rp, record)),
                     max(0.0, arrived + self.verify_window - asyncio.get_running_loop().time()),
                 )
-        try:
-            offset = int(request.headers["Range"].removeprefix("bytes=").split("-")[0])
-        except ValueError:
-            offset = -1
+        offset = -1  # a Range we cannot read: pacman must start over
+        with contextlib.suppress(RangeNotSatisfiable, FileNotFoundError):
+            wanted = parse_range(request.headers["Range"], cached.stat().st_size)
+            offset = wanted[0] if wanted else -1
         good: bool | None = False
-        if cached.is_file() and offset >= 0:
+        if offset >= 0:
             good = await asyncio.to_thread(self.downloader.cuts.judge, key, offset, cached)
             self.downloader.cuts.settled(key, offset)
         if good is None:  # another request settled the record meanwhile: an ordinary resume

@@ -43,15 +43,6 @@ def repo_dir(mirror: MirrorServer, repo: str) -> Path:
     return mirror.root / repo / "os" / "x86_64"
 
 
-def peak_rss_kb(node: PacswarmNode) -> int:
-    """The node's high-water resident set size (VmHWM), in KiB."""
-    assert node.proc is not None
-    for line in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM in /proc status")
-
-
 class LatencyProbe:
     """GET / on the node every 50 ms from a thread; remembers the slowest answer."""
 
@@ -146,7 +137,7 @@ def test_a_db_bomb_fails_over_while_the_node_stays_small_and_responsive(
             assert (pacman.dbpath / f"sync/{repo}.{kind}").read_bytes() == good.read_bytes()
         log = node.log()
         assert f"mirror {mirror.url_template} failed" in log, log
-        rss = peak_rss_kb(node)
+        rss = node.peak_rss_kb()
         print(f"{bomb} .{kind}: peak RSS {rss / 1024:.0f} MiB, slowest GET / "
               f"{probe.worst * 1000:.0f} ms of {probe.count}")  # fmt: skip
         assert rss < RSS_BOUND_KB, f"peak RSS {rss} KiB"

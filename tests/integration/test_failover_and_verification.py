@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import NodeFactory, PacmanFactory
-from tests.support.dbedit import strip_pgpsig
+from tests.support.dbedit import strip_pgpsig_everywhere
 from tests.support.mirror import MirrorServer
 from tests.support.node import PacswarmNode
 from tests.support.testrepo import TestRepo
@@ -84,9 +84,7 @@ def test_first_run_succeeds_when_the_first_mirror_lies(
     elif attack == "bad-signature":
         # Dbs without %PGPSIG% (pacman 6.1+ repo-add): the .sig file is the signature, and
         # mirror 1's is made by a key the keyring does not know.
-        for m in (mirror, mirror2):
-            for repo in ("core", "extra"):
-                strip_pgpsig(m.root / repo / "os/x86_64", repo)
+        strip_pgpsig_everywhere(mirror.root, mirror2.root)
         test_repo.resign(mirror.root, name, key="rogue", update_db=False)
     else:
         # Mirror 1's bytes are bad in the part it sends before it cuts the connection; the
@@ -243,9 +241,8 @@ def test_a_bad_signature_on_every_mirror_caches_nothing(
 ) -> None:
     """Each mirror's ``.sig`` is tried on the bytes in turn; none trusted, nothing admitted."""
     pkg = test_repo.packages["hello"]
+    strip_pgpsig_everywhere(mirror.root, mirror2.root)
     for m in (mirror, mirror2):
-        for repo in ("core", "extra"):
-            strip_pgpsig(m.root / repo / "os/x86_64", repo)
         test_repo.resign(m.root, "hello", key="rogue", update_db=False)
     node = make_node([mirror.url_template, mirror2.url_template])
     pacman = make_pacman([node.url_template])

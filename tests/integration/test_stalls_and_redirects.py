@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import NodeFactory, PacmanFactory
-from tests.support.dbedit import strip_pgpsig
+from tests.support.dbedit import strip_pgpsig_everywhere
 from tests.support.mirror import MirrorServer
 from tests.support.testrepo import TestRepo
 
@@ -27,9 +27,7 @@ def test_a_stalled_signature_fetch_moves_to_the_next_mirror(
 ) -> None:
     """No %PGPSIG% in the db: the .sig comes from a mirror; mirror 1 sends headers, then
     nothing. The read timeout moves pacswarm on, inside pacman's patience."""
-    for m in (mirror, mirror2):
-        for repo in ("core", "extra"):
-            strip_pgpsig(m.root / repo / "os/x86_64", repo)
+    strip_pgpsig_everywhere(mirror.root, mirror2.root)
     mirror.set_fault("stall", "*.pkg.tar.zst.sig")
     node = make_node([mirror.url_template, mirror2.url_template])
     pacman = make_pacman([node.url_template])
@@ -149,9 +147,7 @@ def test_a_signature_that_trickles_in_moves_to_the_next_mirror(
     """No %PGPSIG% in the db; the first mirror sends its .sig a byte every half second
     (under the 2 s read timeout, so no stall). The verified package must not wait for it
     past pacman's patience: the next mirror's .sig is taken."""
-    for m in (mirror, mirror2):
-        for repo in ("core", "extra"):
-            strip_pgpsig(m.root / repo / "os/x86_64", repo)
+    strip_pgpsig_everywhere(mirror.root, mirror2.root)
     handler = type("H", (_TricklingSignatures,), {"root": mirror.root})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -215,9 +211,7 @@ def test_an_endless_signature_is_cut_at_the_cap_and_the_next_mirror_serves(
 ) -> None:
     """No %PGPSIG%: mirror 1's .sig has no Content-Length and never ends (256 MiB of
     garbage). pacswarm stops reading at pacman's 16 KiB cap instead of holding it all."""
-    for m in (mirror, mirror2):
-        for repo in ("core", "extra"):
-            strip_pgpsig(m.root / repo / "os/x86_64", repo)
+    strip_pgpsig_everywhere(mirror.root, mirror2.root)
     mirror.set_fault("endless", "*.pkg.tar.zst.sig")
     node = make_node([mirror.url_template, mirror2.url_template])
     pacman = make_pacman([node.url_template])
@@ -225,7 +219,5 @@ def test_an_endless_signature_is_cut_at_the_cap_and_the_next_mirror_serves(
     result = pacman.run("-S", "libgreet", timeout=60)
     assert result.returncode == 0, result.stdout + node.log()
     assert "larger than the 16384 bytes allowed" in node.log(), node.log()
-    assert node.proc is not None
-    status = Path(f"/proc/{node.proc.pid}/status").read_text()
-    peak_kb = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1])
+    peak_kb = node.peak_rss_kb()
     assert peak_kb < 200 * 1024, f"node peaked at {peak_kb} KiB"  # idles at ~100 MB

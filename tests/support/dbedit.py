@@ -16,23 +16,14 @@ def strip_pgpsig(repo_dir: Path, repo: str) -> None:
     The ``.sig`` file next to each package then is the only signature source. Member mtimes
     and the db file's mtime are kept, so the db does not look newer or older.
     """
-    src = repo_dir / f"{repo}.db.tar.gz"
-    stat = src.stat()
-    out = io.BytesIO()
-    with tarfile.open(src, "r:gz") as old, tarfile.open(fileobj=out, mode="w:gz") as new:
-        for member in old:
-            data = old.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
-            if data is not None and member.name.endswith("/desc"):
-                blocks = data.decode().split("\n\n")
-                data = "\n\n".join(b for b in blocks if not b.startswith("%PGPSIG%")).encode()
-                member.size = len(data)
-            new.addfile(member, io.BytesIO(data) if data is not None else None)
-    for name in (f"{repo}.db.tar.gz", f"{repo}.db"):
-        path = repo_dir / name
-        if path.is_symlink():
-            continue
-        path.write_bytes(out.getvalue())
-        os.utime(path, (stat.st_atime, stat.st_mtime))
+    _edit_descs(repo_dir, repo, lambda blocks: [b for b in blocks if not b.startswith("%PGPSIG%")])
+
+
+def strip_pgpsig_everywhere(*roots: Path, repos: tuple[str, ...] = ("core", "extra")) -> None:
+    """:func:`strip_pgpsig` on every repo of every mirror tree given."""
+    for root in roots:
+        for repo in repos:
+            strip_pgpsig(root / repo / "os" / "x86_64", repo)
 
 
 def replace_pgpsig(repo_dir: Path, repo: str, filename: str, signature: bytes | str) -> None:

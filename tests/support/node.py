@@ -139,6 +139,14 @@ class PacswarmNode:
         cache = self.data_dir / "cache"
         return sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
 
+    def peak_rss_kb(self) -> int:
+        """The node's high-water resident set size (VmHWM), in KiB."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc status")
+
     def wait_cached(self, filename: str, timeout: float = 10.0) -> Path:
         """The cached file once committed. pacman's last byte goes out just before the
         commit's rename, so a test that checks the cache right after a download waits here."""
