@@ -13,6 +13,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pacswarm.config_tables import (
+    TABLE_KEYS,
+    AuditConfig,
+    SeedConfig,
+    SwarmConfig,
+    apply_tables,
+)
 from pacswarm.errors import ConfigError
 
 DEFAULT_PORT = 7878
@@ -80,6 +87,10 @@ class Config:
     bootstrap: tuple[str, ...] = DEFAULT_BOOTSTRAP
     #: Find other nodes on the LAN by multicast DNS.
     mdns: bool = True
+    #: The ``[swarm]``, ``[audit]`` and ``[seed]`` tables (:mod:`pacswarm.config_tables`).
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    seed: SeedConfig = field(default_factory=SeedConfig)
 
     @property
     def listen(self) -> str:
@@ -107,6 +118,7 @@ _TOML_KEYS = {
     "gateway_listen",
     "bootstrap",
     "mdns",
+    *TABLE_KEYS,
 }
 
 
@@ -185,6 +197,8 @@ def _apply(config: Config, values: dict[str, Any], source: str) -> Config:
             raise ConfigError(f"{source}: min_speed must be a whole number of bytes per second")
         changes["min_speed"] = values["min_speed"]
     changes.update(_p2p_changes(values, source))
+    current = {"swarm": config.swarm, "audit": config.audit, "seed": config.seed}
+    changes.update(apply_tables(current, values, source))
     if "log_level" in values:
         level = str(values["log_level"]).lower()
         if level not in {"debug", "info", "warning", "error"}:
@@ -251,8 +265,10 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
 
 
 def config_keys() -> list[str]:
-    """The documented TOML keys (for ``--help`` and the README)."""
-    return sorted(_TOML_KEYS)
+    """The documented TOML keys (for ``--help`` and the README); ``table.key`` in tables."""
+    flat = _TOML_KEYS - set(TABLE_KEYS)
+    tables = {f"{name}.{key}" for name, keys in TABLE_KEYS.items() for key in keys}
+    return sorted(flat | tables)
 
 
 __all__ = ["Config", "config_keys", "default_data_dir", "load_config", "parse_listen"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,8 @@ def test_mirrorlist_flag_makes_it_explicit(tmp_path: Path) -> None:
 
 def test_config_keys_lists_every_toml_key() -> None:
     assert config_keys() == [
+        "audit.max_size",
+        "audit.per_hour",
         "bootstrap",
         "connect_timeout",
         "data_dir",
@@ -166,9 +169,56 @@ def test_config_keys_lists_every_toml_key() -> None:
         "mirrorlist",
         "mirrors",
         "p2p_listen",
+        "seed.daily_budget",
+        "seed.interval",
+        "seed.random_packages",
         "stall_timeout",
+        "swarm.allowlist",
+        "swarm.announce",
+        "swarm.cache_entries",
+        "swarm.digest_interval",
+        "swarm.peer_concurrency",
+        "swarm.peer_expiry",
+        "swarm.peer_first_byte",
+        "swarm.peer_rate",
+        "swarm.serve_public",
+        "swarm.strike_ban",
+        "swarm.strikes",
         "verify_window",
     ]
+
+
+def test_swarm_tables(tmp_path: Path) -> None:
+    peer = "12D3KooWGzBuAZ3DpL6M5z5ioEdEpUe8Xy1VbBcvHN9cmwAyrR9d"
+    path = write(
+        tmp_path,
+        f'[swarm]\nannounce = "seeded"\nallowlist = ["{peer}"]\npeer_rate = "8 MiB"\n'
+        '[seed]\nrandom_packages = 5\ndaily_budget = "2 GB"\n[audit]\nper_hour = 0\n',
+    )
+    config = load_config(path)
+    assert config.swarm.announce == "seeded"
+    assert config.swarm.allowlist == (peer,)
+    assert config.swarm.peer_rate == 8 * 1024 * 1024
+    assert config.seed.random_packages == 5
+    assert config.seed.daily_budget == 2_000_000_000
+    assert config.audit.per_hour == 0.0
+    assert config.swarm.serve_public is False  # untouched keys keep their defaults
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[swarm]\nannounce = "some"\n', 'expected "all"'),
+        ('[swarm]\nallowlist = ["not a peer"]\n', "is not a peer ID"),
+        ('[swarm]\npeer_rate = "fast"\n', "expected a size"),
+        ("[swarm]\npeer_first_byte = 9\n", "pacman's"),
+        ("[seed]\nrandom = 3\n", "unknown key(s) in [seed]: random"),
+        ('seed = "yes"\n', "must be a table"),
+    ],
+)
+def test_bad_swarm_tables_are_named(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, text))
 
 
 def test_ipfs_defaults_and_overrides(tmp_path: Path) -> None:

@@ -16,10 +16,15 @@ ILLUSTRATED = {"mirrors", "bootstrap", "data_dir"}
 def _uncommented(tmp_path: Path) -> tuple[Path, set[str]]:
     keys: set[str] = set()
     lines = []
+    table = ""
     for line in EXAMPLE.read_text().splitlines():
+        header = re.match(r"#\[(\w+)\]$", line)
+        if header:
+            table = header.group(1) + "."
+            line = line[1:]
         match = re.match(r"#(\w+) = ", line)
-        if match and match.group(1) not in ILLUSTRATED:
-            keys.add(match.group(1))
+        if match and table + match.group(1) not in ILLUSTRATED:
+            keys.add(table + match.group(1))
             line = line[1:]
         lines.append(line)
     path = tmp_path / "pacswarm.toml"
