@@ -153,6 +153,8 @@ class RepoDbs:
         # One lock per held file, dropped when its last user leaves (the dict stays small).
         self._locks: dict[Path, tuple[asyncio.Lock, int]] = {}
         self._parse_slots = asyncio.Semaphore(PARSE_SLOTS)
+        #: Called with (repo, arch) whenever a db's index changes (the swarm listens).
+        self.on_index: Callable[[str, str], None] | None = None
 
     def load_held(self) -> None:
         """Index the dbs kept from earlier runs, so a restart works offline straight away."""
@@ -168,6 +170,14 @@ class RepoDbs:
                 log.warning("ignoring held db %s: %s", path, e)
                 continue
             self._index[(repo, arch)] = _Index(db, min(db.newest_mtime, int(accepted), int(now)))
+
+    def indexed(self) -> list[tuple[str, str]]:
+        """The (repo, arch) pairs whose db is held and parsed."""
+        return sorted(self._index)
+
+    def records(self, repo: str, arch: str) -> dict[str, PackageRecord]:
+        held = self._index.get((repo, arch))
+        return held.db.records if held is not None else {}
 
     def lookup(self, repo: str, arch: str, filename: str) -> PackageRecord | None:
         held = self._index.get((repo, arch))
@@ -350,6 +360,8 @@ class RepoDbs:
             self._warn_if_frozen(mirror, rp, db, now)
             self._commit(temp, held, modified)
             self._index[(rp.repo, rp.arch)] = _Index(db, min(db.newest_mtime, int(now)))
+            if self.on_index is not None:
+                self.on_index(rp.repo, rp.arch)
             log.info(
                 "updated %s from %s (%d packages, parsed in %.2f s)",
                 rp,

@@ -34,6 +34,8 @@ from pacswarm.proxy import Proxy
 from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.store import Store
+from pacswarm.swarm.duties import Duties
+from pacswarm.swarm.service import Swarm
 from pacswarm.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -98,20 +100,32 @@ class Node:
         self.upstream = Upstream(mirrors, config)
         self.dbs = RepoDbs(self.store, self.upstream, config)
         self.peer_health = PeerHealth(config.mirror_penalty)
+        self._peer_session: aiohttp.ClientSession | None = None
+        self.swarm = Swarm(config, self.dbs, self.peer_health, self.peer_session)
         plan = SourcePlan(
             lambda: CacheSource(self.store.cache_path, self.evict),
             self.upstream,
             self.peer_health.penalised,
+            peers=self.swarm.sources,
         )
         admission = Admission(self.store, self.upstream, GpgVerifier(config.gpgdir), self.events)
         self.downloader = Downloader(self.store, plan, admission, config)
         self.proxy = Proxy(
             self.store, self.dbs, self.downloader, self.upstream, config.verify_window
         )
-        self.ipfs = IpfsService(config, self.store.cache_path, self.evict)
+        self.ipfs = IpfsService(
+            config,
+            self.store.cache_path,
+            self.evict,
+            access=self.swarm.access,
+            peer_filter=self.swarm.peer_filter,
+        )
+        self.duties = Duties(self.swarm, self.downloader, self.store, config.data_dir)
         self.events.committed.subscribe(self._publish)
         self.events.evicted.subscribe(self.ipfs.forget)
-        self._peer_session: aiohttp.ClientSession | None = None
+        self.events.evicted.subscribe(self.swarm.on_evicted)
+        self.ipfs.on_imported.append(self.swarm.on_imported)
+        self.dbs.on_index = self.swarm.on_db_updated
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -135,10 +149,14 @@ class Node:
         The peer's bytes are admitted like a mirror's; a peer that fails or lies is
         penalised and the download goes on with the next source. Raises DownloadFailed.
         """
+        peer = GatewaySource(base_url, root, self.peer_session(), self.peer_health)
+        return await self.downloader.fetch(Want(rp, record), extra=[peer])
+
+    def peer_session(self) -> aiohttp.ClientSession:
+        """The HTTP session for peers' gateways, made on first use (inside the loop)."""
         if self._peer_session is None:
             self._peer_session = peer_session(self.config)
-        peer = GatewaySource(base_url, root, self._peer_session, self.peer_health)
-        return await self.downloader.fetch(Want(rp, record), extra=[peer])
+        return self._peer_session
 
     async def close_peer_session(self) -> None:
         if self._peer_session is not None:
@@ -155,6 +173,7 @@ class Node:
         self.store.open()
         self.store.recover()
         self.dbs.load_held()
+        self.swarm.open(self.config.data_dir)
         await self.upstream.start()
         # One line per request at log_level = "debug" (status, size, time): enough to see a
         # 304, a 206 resume or a cut transfer without a packet capture.
@@ -183,6 +202,9 @@ class Node:
             ", ".join(self.upstream.mirrors),
         )
         await self.ipfs.start()
+        if self.ipfs.host is not None:
+            await self.swarm.start(self.ipfs.host, self.ipfs.gateway_port)
+            self.duties.start()
         cached = [
             RequestPath(p.repo, p.arch, p.filename, FileKind.PACKAGE) for p in self.store.cached()
         ]
@@ -198,10 +220,12 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Downloads first (nothing new gets committed and published), then the listeners.
+        await self.swarm.stop_tasks()
         await self.downloader.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.ipfs.stop()
+        self.swarm.close()
         await self.close_peer_session()
         await self.upstream.close()
         self.store.close()

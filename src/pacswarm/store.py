@@ -185,6 +185,11 @@ class Store:
             (rp.repo, rp.arch, rp.filename),
         )
 
+    def has_sha256(self, sha256: str) -> bool:
+        """Whether a verified package with this sha256 is cached (under any name)."""
+        row = self.sql.execute("SELECT 1 FROM packages WHERE sha256=? LIMIT 1", (sha256,))
+        return row.fetchone() is not None
+
     def cached(self) -> list[CachedPackage]:
         return [
             CachedPackage(*row)

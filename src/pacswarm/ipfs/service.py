@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -30,6 +31,9 @@ from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.gateway import gateway_app
 from pacswarm.ipfs.host import P2PHost
 from pacswarm.requestpath import FileKind, RequestPath
+
+if TYPE_CHECKING:
+    from pacswarm.swarm.access import Access
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,9 @@ class IpfsService:
         config: Config,
         cache_path: Callable[[RequestPath], Path],
         drop_package: Callable[[RequestPath], None],
+        *,
+        access: Access | None = None,
+        peer_filter: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         self.dir = config.data_dir / "ipfs"
@@ -103,6 +110,11 @@ class IpfsService:
         self.host: P2PHost | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.gateway_port: int | None = None
+        self._access = access
+        self._peer_filter = peer_filter
+        #: Called on the event loop with each package's root CID once it is importable by
+        #: peers (after a verified commit, and at start for packages imported before).
+        self.on_imported: list[Callable[[RequestPath, CID], None]] = []
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -112,7 +124,7 @@ class IpfsService:
             locate=lambda key: self._cache_path(key_to_path(key)),
             on_corrupt=self._on_corrupt,
         )
-        self._gateway = web.AppRunner(gateway_app(self.blocks), access_log=None)
+        self._gateway = web.AppRunner(gateway_app(self.blocks, self._access), access_log=None)
         await self._gateway.setup()
         site = web.TCPSite(self._gateway, self.config.gateway_host, self.config.gateway_port)
         try:
@@ -136,6 +148,8 @@ class IpfsService:
             bootstrap=list(self.config.bootstrap),
             mdns=self.config.mdns,
             blocks=_ServedBlocks(self.blocks),
+            peer_filter=self._peer_filter,
+            access=self._access,
         )
         try:
             await self.host.start()
@@ -186,6 +200,7 @@ class IpfsService:
             log.warning("could not add %s to IPFS: %s", rp, e)
             return None
         log.info("ipfs: %s is /ipfs/%s", rp.filename, root)
+        self._imported(rp, root)
         if self.host is not None:
             try:
                 await self.host.provide(root)
@@ -200,6 +215,15 @@ class IpfsService:
         for rp in cached:
             if package_key(rp) not in known:
                 await self._publish(rp, self._cache_path(rp))
+            elif (root := self.blocks.root_of(package_key(rp))) is not None:
+                self._imported(rp, root)
+
+    def _imported(self, rp: RequestPath, root: CID) -> None:
+        for callback in list(self.on_imported):
+            try:
+                callback(rp, root)
+            except Exception:
+                log.exception("on_imported subscriber failed for %s", rp)
 
     def forget(self, rp: RequestPath) -> None:
         """The package left the cache: its blocks go too (shared chunks stay if still used)."""
