@@ -76,6 +76,8 @@ class Swarm:
         #: Why a package about to be downloaded is wanted ("seeded", "audited"), by key.
         self.why: dict[tuple[str, str, str], str] = {}
         self._topics: set[tuple[str, str]] = set()
+        #: Connected peers that are pacswarm nodes of this swarm.
+        self.members: set[str] = set()
         self._gateways: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -97,6 +99,8 @@ class Swarm:
         self.gossip.gateway_port = gateway_port
         host.requests.serve(INVENTORY_PROTOCOL, self.inventory.answer, *self.inventory.limits())
         host.watch_peers(self._on_connect, self._on_disconnect)
+        for peer in host.connected_peers():  # bootstrap peers dialled before we watched
+            self._on_connect(peer)
         for repo, arch in self.dbs.indexed():
             await self._join(repo, arch)
         self.background(self._housekeeping())
@@ -133,6 +137,9 @@ class Swarm:
         except Exception as e:
             self._topics.discard((repo, arch))
             log.warning("swarm: could not join %s/%s: %s", repo, arch, e)
+            return
+        for peer in sorted(self.members):  # what they announced before we had this db
+            self.inventory.pull_soon(peer, repo, arch)
 
     # -- the node's events ----------------------------------------------------------------
 
@@ -194,10 +201,12 @@ class Swarm:
         if not self.access.believe(peer):
             return
         self.access.peer_joined(peer, host.peer_ips(peer))
+        self.members.add(peer)
         for repo, arch in sorted(self._topics):
             self.inventory.pull_soon(peer, repo, arch)
 
     def _on_disconnect(self, peer: str) -> None:
+        self.members.discard(peer)
         self.access.peer_left(peer)
 
     async def _publish(self, topic_name: str, data: bytes) -> None:
