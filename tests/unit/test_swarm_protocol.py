@@ -143,7 +143,7 @@ ODD_CODEC = encode_varint(1) + encode_varint(0x71) + CID.parse(cid(1)).to_bytes(
         (raw_news(tail=b"\xff" * 10), "varint"),
         (raw_news() + bytes(MAX_MESSAGE), "exceeds"),
     ],
-    ids=lambda value: None if isinstance(value, bytes) else value,
+    ids=lambda value: "news" if isinstance(value, bytes) else value,
 )
 def test_hostile_news_is_refused_with_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(ProtocolError, match=reason):
