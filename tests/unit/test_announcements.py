@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,3 +212,17 @@ def test_own_set_keeps_the_seeded_reason_and_forgets_removed(tmp_path: Path) -> 
     assert len(cache) == 1
     cache.close()
     again.close()
+
+
+def test_minted_peer_ids_cannot_grow_the_peers_table(tmp_path: Path) -> None:
+    """Gossip origins are signed, but identities are free: the peers table is bounded too."""
+    cache = AnnouncementCache(tmp_path / "c.sqlite", max_entries=50, peer_expiry=DAY)
+    for i in range(300):
+        cache.add(f"sybil{i}", "extra", "x86_64", [entry(i % 10)], float(i), believe_all)
+        cache.seen(f"idle{i}", float(i))
+    with sqlite3.connect(tmp_path / "c.sqlite") as db:
+        (count,) = db.execute("SELECT count(*) FROM ann_peer").fetchone()
+    assert count == 50 and len(cache) == 50
+    assert cache.expire(float(299) + DAY + 1) == 50  # rows whose peer row went expire too
+    assert len(cache) == 0 and cache.peers() == []
+    cache.close()

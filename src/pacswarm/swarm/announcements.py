@@ -95,6 +95,11 @@ class AnnouncementCache:
         #: cannot push out what honest peers announced just before a db refresh.
         self.pending_per_peer = max(1, pending_max // 8)
         self.pending_ttl = pending_ttl
+        self._bounds = (
+            ("ann", "last_seen", max_entries),
+            ("ann_peer", "last_seen", max_entries),
+            ("ann_pending", "received", pending_max),
+        )
 
     def add(
         self,
@@ -163,12 +168,15 @@ class AnnouncementCache:
             (peer, now),
         )
 
-    def _trim(self) -> None:
-        """Drop the oldest rows past ``max_entries`` and the oldest pending past ``pending_max``."""
-        for table, age, limit in (
-            ("ann", "last_seen", self.max_entries),
-            ("ann_pending", "received", self.pending_max),
-        ):
+    def _trim(self, tables: tuple[str, ...] = ("ann", "ann_peer", "ann_pending")) -> None:
+        """Drop the oldest rows past ``max_entries`` and the oldest pending past ``pending_max``.
+
+        The peers table is bounded by ``max_entries`` as well: gossip origins are signed but
+        a hostile node can mint peer IDs for free.
+        """
+        for table, age, limit in self._bounds:
+            if table not in tables:
+                continue
             (count,) = self._db.execute(f"SELECT count(*) FROM {table}").fetchone()
             if count > limit:
                 self._db.execute(
@@ -240,7 +248,9 @@ class AnnouncementCache:
     def seen(self, peer: str, now: float) -> None:
         """``peer`` is alive (connected, or a message from it): its entries stay fresh."""
         with self._lock, self._db:
+            self._db.execute("BEGIN")
             self._touch(peer, now)
+            self._trim(("ann_peer",))
 
     def forget(self, peer: str, sha256: str | None = None) -> None:
         """Drop ``peer``'s announcements (of one package, or all), believed and pending."""
@@ -253,13 +263,20 @@ class AnnouncementCache:
                 self._db.execute(f"DELETE FROM {table} WHERE {where}", args)
 
     def expire(self, now: float) -> int:
-        """Drop peers not seen for ``peer_expiry`` (with their rows) and stale pending rows."""
+        """Drop peers not seen for ``peer_expiry`` (with their rows) and stale pending rows.
+
+        Pending rows of gone peers need no extra step: they last ``pending_ttl`` at most.
+        """
         cutoff = now - self.peer_expiry
         with self._lock, self._db:
             self._db.execute("BEGIN")
-            gone = "(SELECT peer FROM ann_peer WHERE last_seen < ?)"
-            n = self._db.execute(f"DELETE FROM ann WHERE peer IN {gone}", (cutoff,)).rowcount
-            self._db.execute(f"DELETE FROM ann_pending WHERE peer IN {gone}", (cutoff,))
+            # A row is stale when neither it nor its peer was seen since the cutoff (the
+            # peer's row may be gone already: the peers table is bounded too).
+            n = self._db.execute(
+                "DELETE FROM ann WHERE last_seen < ?1 AND NOT EXISTS (SELECT 1 FROM ann_peer p"
+                " WHERE p.peer = ann.peer AND p.last_seen >= ?1)",
+                (cutoff,),
+            ).rowcount
             self._db.execute("DELETE FROM ann_peer WHERE last_seen < ?", (cutoff,))
             self._db.execute(
                 "DELETE FROM ann_pending WHERE received < ?", (now - self.pending_ttl,)
