@@ -197,13 +197,18 @@ def _forward(
             heapq.heappush(events, (beat + net.latency(node, peer), peer, node, "ihave"))
 
 
+def arch_name(i: int) -> str:
+    """A file name as long as Arch's (47 characters on average in extra)."""
+    return f"python-package{i % 99999:05d}-1.2.{i % 97}-{i % 5 + 1}-x86_64.pkg.tar.zst"
+
+
 def sample_entries(count: int, rng: random.Random) -> tuple[Entry, ...]:
     """Realistic entries: Arch-like file names (~45 chars), dag-pb CIDs, MB sizes."""
     out = []
     for _ in range(count):
         i = rng.randrange(10**9)
         sha = hashlib.sha256(str(i).encode()).hexdigest()
-        name = f"python-package{i % 99999:05d}-1.2.{i % 97}-{i % 5 + 1}-x86_64.pkg.tar.zst"
+        name = arch_name(i)
         out.append(Entry(sha, str(CID.of(sha.encode(), DAG_PB)), rng.randrange(10**4, 10**8), name))
     return tuple(out)
 
@@ -212,7 +217,7 @@ def message_sizes(rng: random.Random) -> dict[str, int]:
     """Wire sizes from pacswarm's encoder for the messages the day is made of."""
     per_day = round(UPDATES_PER_DAY * HELD / DB_SIZE)
     db = [
-        DbItem(f"p{i:05d}-1-1-x86_64.pkg.tar.zst", hashlib.sha256(b"%d" % i).hexdigest(), 1)
+        DbItem(arch_name(i), hashlib.sha256(b"%d" % i).hexdigest(), rng.randrange(10**4, 10**8))
         for i in range(DB_SIZE)
     ]
     ours = db_digest(db)

@@ -254,13 +254,22 @@ class AnnouncementCache:
 
     def forget(self, peer: str, sha256: str | None = None) -> None:
         """Drop ``peer``'s announcements (of one package, or all), believed and pending."""
-        where, args = (
-            ("peer = ?", (peer,)) if sha256 is None else ("peer = ? AND sha256 = ?", (peer, sha256))
-        )
+        if sha256 is None:
+            statements = [
+                (f"DELETE FROM {t} WHERE peer = ?", (peer,)) for t in ("ann", "ann_pending")
+            ]
+        else:  # by the sha256 index: a peer may hold every package of the db
+            statements = [
+                (
+                    "DELETE FROM ann INDEXED BY ann_sha WHERE sha256 = ? AND peer = ?",
+                    (sha256, peer),
+                ),
+                ("DELETE FROM ann_pending WHERE peer = ? AND sha256 = ?", (peer, sha256)),
+            ]
         with self._lock, self._db:
             self._db.execute("BEGIN")
-            for table in ("ann", "ann_pending"):
-                self._db.execute(f"DELETE FROM {table} WHERE {where}", args)
+            for sql, args in statements:
+                self._db.execute(sql, args)
 
     def expire(self, now: float) -> int:
         """Drop peers not seen for ``peer_expiry`` (with their rows) and stale pending rows.

@@ -336,7 +336,9 @@ def batch_news(
     used = fixed
     for entry in entries:
         size = len(_entry_bytes(entry))
-        if len(batches[-1]) >= MAX_ENTRIES - 1 or used + size + 3 > MAX_MESSAGE:
+        # +2: the entry count's varint grows from 1 byte (in ``fixed``) to 2; one spare.
+        full = len(batches[-1]) >= MAX_ENTRIES or used + size + 2 > MAX_MESSAGE
+        if full and batches[-1]:
             batches.append([])
             used = fixed
         batches[-1].append(entry)
