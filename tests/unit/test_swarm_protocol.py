@@ -219,8 +219,14 @@ def test_batch_news_splits_10000_entries_within_the_limits_and_loses_none() -> N
     assert only.entries == () and only.digest == DIGEST
 
 
-def test_digest_only_news_is_small() -> None:
-    assert len(encode_news(News("extra", "x86_64", (), 4080, DIGEST))) <= 90
+def test_news_sizes_are_the_documented_ones() -> None:
+    """A digest-only news is 85 bytes, an entry 32 + 37 + size varint + 1 + the file name."""
+    digest = Digest("ab" * 32, 700, "cd" * 32)  # 700 held: a 2-byte count
+    assert len(encode_news(News("extra", "x86_64", (), 4080, digest))) == 85
+    one = Entry(sha(1), cid(1), 50_000_000, "linux-firmware-20240610.8ad6fc0b-1-any.pkg.tar.zst")
+    empty = len(encode_news(News("extra", "x86_64", (), 4080)))
+    with_one = len(encode_news(News("extra", "x86_64", (one,), 4080)))
+    assert with_one - empty == 32 + 37 + 4 + 1 + len(one.filename)
 
 
 def test_db_and_held_digests_ignore_order() -> None:
@@ -258,7 +264,8 @@ def test_inventory_at_arch_scale_is_a_2kb_bitfield_plus_the_cids() -> None:
     held = held_of(db, 500)
     data = encode_inventory("extra", "x86_64", db, held, db_digest(db), 4080)
     bitfield = 15_000 // 8
-    assert len(data) - 500 * 37 <= bitfield + 64
+    header = 2 + 6 + 7 + 1 + 2 + 32 + 2  # version, type, repo, arch, flags, port, db, count
+    assert len(data) == header + bitfield + 500 * 37 == 20_427
     entries, port = decode_inventory(data, list(reversed(db)))
     assert port == 4080
     assert {e.sha256: e.cid for e in entries} == held
