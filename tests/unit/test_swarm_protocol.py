@@ -141,6 +141,7 @@ ODD_CODEC = encode_varint(1) + encode_varint(0x71) + CID.parse(cid(1)).to_bytes(
         (raw_news(filename=b"x\x00.pkg.tar.zst"), "invalid package file name"),
         (raw_news(tail=b"\x01\x05ab"), "truncated"),
         (raw_news(tail=b"\xff" * 10), "varint"),
+        (raw_news()[:15] + b"\x00\x81\x00" + raw_news()[17:], "non-minimal varint"),
         (raw_news() + bytes(MAX_MESSAGE), "exceeds"),
     ],
     ids=lambda value: "news" if isinstance(value, bytes) else value,
@@ -172,6 +173,23 @@ def test_every_truncation_and_random_corruption_gives_only_protocol_error() -> N
             bad[rng.randrange(len(bad))] = rng.randrange(256)
         with contextlib.suppress(ProtocolError):
             decode_news(bytes(bad))
+
+
+def test_random_corruption_of_inventories_and_requests_gives_only_protocol_error() -> None:
+    db = arch_db(300)
+    rng = random.Random(8)
+    messages = [
+        (encode_inventory("extra", "x86_64", db, held_of(db, 40), db_digest(db), 4080), True),
+        (encode_inventory("extra", "x86_64", db, held_of(db, 40), "00" * 32, 4080), True),
+        (encode_request(InventoryRequest("extra", "x86_64", db_digest(db))), False),
+    ]
+    for good, inventory in messages:
+        for _ in range(1000):
+            bad = bytearray(good)
+            for _ in range(rng.randint(1, 4)):
+                bad[rng.randrange(len(bad))] = rng.randrange(256)
+            with contextlib.suppress(ProtocolError):
+                decode_inventory(bytes(bad), db) if inventory else decode_request(bytes(bad))
 
 
 def test_unknown_extensions_are_skipped_so_version_1_can_grow() -> None:

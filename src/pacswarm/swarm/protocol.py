@@ -198,10 +198,13 @@ class _Reader:
         return out
 
     def varint(self, what: str, limit: int) -> int:
+        start = self.pos
         try:
             value, self.pos = decode_varint(self.data, self.pos)
         except CIDError:
             raise ProtocolError(f"truncated or overlong varint ({what})") from None
+        if self.pos - start > 1 and self.data[self.pos - 1] == 0:
+            raise ProtocolError(f"non-minimal varint ({what})")  # one encoding per message
         if value > limit:
             raise ProtocolError(f"{what} {value} exceeds the limit {limit}")
         return value
