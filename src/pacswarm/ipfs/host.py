@@ -252,6 +252,7 @@ class P2PHost:
                 await self._stop.wait()
                 self._watch_mdns(False)
                 await self.bitswap.stop()
+                await _close_connections(host)
                 nursery.cancel_scope.cancel()
         except Exception:
             log.exception("libp2p host failed")
@@ -489,6 +490,14 @@ def _protocols(host: IHost, peer: ID) -> list[str]:
         return [str(p) for p in host.get_peerstore().get_protocols(peer) or []]
     except Exception:
         return []
+
+
+async def _close_connections(host: IHost) -> None:
+    """Close every connection, so peers see us go (py-libp2p leaves the sockets open)."""
+    with trio.move_on_after(3):
+        for peer in list(host.get_connected_peers()):
+            with contextlib.suppress(Exception):
+                await host.disconnect(peer)
 
 
 def _remote_ips(host: IHost, peer: ID) -> list[str]:
