@@ -14,12 +14,21 @@ Choices, and why:
   peers enter its routing table once identify shows they speak the DHT protocol.
 * Bitswap is our own (:mod:`.bitswap`, :mod:`.bitswap_fetch`): the stock one answers on the
   wrong stream for kubo/Helia and is slow as a client.
+* Gossipsub (:mod:`.pubsub`, parameters set on purpose there) and one-shot request/response
+  protocols (:mod:`.reqresp`) run on every host: ``host.pubsub``, ``host.requests``.
+* Peers are watched on the trio thread: a ``peer_filter`` (a private swarm's allowlist) is
+  applied as soon as a connection comes up, and the asyncio side gets ``watch_peers``
+  callbacks plus snapshots (``peer_ips``, ``peer_protocols``) instead of touching libp2p
+  state from its own thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,12 +63,20 @@ from pacswarm.ipfs.bitswap_fetch import (
 from pacswarm.ipfs.bridge import TrioBridge
 from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.identity import load_or_create_identity
+from pacswarm.ipfs.pubsub import PubsubService
+from pacswarm.ipfs.reqresp import RequestService
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = ["/ip4/0.0.0.0/tcp/4001"]
 KAD_PROTOCOL = "/ipfs/kad/1.0.0"
 IDENTIFY_WAIT = 5.0
+
+PeerCallback = Callable[[str], None]
+
+
+class PeerRefused(ConnectionError):
+    """A dial to a peer that this host's ``peer_filter`` does not allow."""
 
 
 @dataclass(frozen=True)
@@ -86,10 +103,10 @@ class _ConnectNotifee(INotifee):
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         nursery = self._p2p._nursery
         if nursery is not None:
-            nursery.start_soon(self._p2p._add_to_dht, conn.muxed_conn.peer_id)
+            nursery.start_soon(self._p2p._on_connected, conn.muxed_conn.peer_id)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        return None
+        self._p2p._on_disconnected(conn.muxed_conn.peer_id)
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         return None
@@ -122,7 +139,12 @@ def _build_host(key: KeyPair, listen: list[multiaddr.Multiaddr], mdns: bool) -> 
 
 
 class P2PHost:
-    """A libp2p host (Noise, Yamux, identify, ping, Kademlia, Bitswap) for asyncio code."""
+    """A libp2p host (Noise, Yamux, identify, ping, Kademlia, Bitswap, gossipsub) for asyncio.
+
+    ``peer_filter(peer_id) -> bool`` (runs on the trio thread: quick and thread-safe): a peer
+    failing it is disconnected right after it connects, never dialled, never reported by
+    :meth:`watch_peers`, never added to the DHT.
+    """
 
     def __init__(
         self,
@@ -134,6 +156,7 @@ class P2PHost:
         *,
         window: int = DEFAULT_WINDOW,
         bridge: TrioBridge | None = None,
+        peer_filter: Callable[[str], bool] | None = None,
     ) -> None:
         _quiet_libp2p_logs()
         self.identity_path = Path(identity_path)
@@ -154,11 +177,21 @@ class P2PHost:
         self._stop: trio.Event | None = None
         self._stopped: trio.Event | None = None
         self._addrs: list[str] = []
+        self.pubsub = PubsubService(self.bridge)
+        self.requests = RequestService(self.bridge)
+        self._peer_filter = peer_filter
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Peer snapshots for the asyncio side, written on the trio thread under _lock.
+        self._lock = threading.Lock()
+        self._watchers: list[tuple[PeerCallback, PeerCallback, asyncio.AbstractEventLoop]] = []
+        self._ips: dict[str, list[str]] = {}  # every connected peer
+        self._protocols: dict[str, list[str]] = {}  # peers reported to watchers
 
     # lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the trio thread (if ours) and the host; listening when this returns."""
+        self._loop = asyncio.get_running_loop()
         if self._owns_bridge and not self.bridge.running:
             self.bridge.start()
         try:
@@ -199,12 +232,17 @@ class P2PHost:
         self.libp2p_host = host
         self.dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
         self.bitswap = BitswapEngine(host, self.blocks)
+        pubsub, router = self.pubsub.build(host)
+        self.requests.attach(host)
         try:
             async with (
                 host.run(listen),
                 background_trio_service(self.dht),
+                background_trio_service(pubsub),
+                background_trio_service(router),
                 trio.open_nursery() as nursery,
             ):
+                await pubsub.wait_until_ready()
                 self._nursery = nursery
                 self.bitswap.start(nursery)
                 host.get_network().register_notifee(_ConnectNotifee(self))
@@ -214,12 +252,15 @@ class P2PHost:
                 await self._stop.wait()
                 self._watch_mdns(False)
                 await self.bitswap.stop()
+                await _close_connections(host)
                 nursery.cancel_scope.cancel()
         except Exception:
             log.exception("libp2p host failed")
             raise
         finally:
             self._nursery = None
+            self.pubsub.detach()
+            self.requests.detach()
             self._stopped.set()
 
     def _watch_mdns(self, on: bool) -> None:
@@ -232,7 +273,7 @@ class P2PHost:
 
     def _on_mdns_peer(self, info: PeerInfo) -> None:
         """Called on zeroconf's thread: hop onto the trio thread to dial the peer."""
-        if info.peer_id == ID.from_base58(self.peer_id):
+        if info.peer_id == ID.from_base58(self.peer_id) or not self._allowed(info.peer_id):
             return
         if self._nursery is not None:
             self.bridge.start_soon(self._dial_quietly, info)
@@ -245,14 +286,63 @@ class P2PHost:
         except Exception as e:
             log.debug("mDNS peer %s: dial failed: %r", info.peer_id, e)
 
-    async def _add_to_dht(self, peer: ID) -> None:
-        """Wait for identify, then let the peer into the routing table if it is a DHT server."""
-        host, dht = self.libp2p_host, self.dht
-        if host is None or dht is None:
+    # peers (trio thread) ------------------------------------------------------------------
+
+    def _allowed(self, peer: ID) -> bool:
+        if self._peer_filter is None:
+            return True
+        try:
+            return bool(self._peer_filter(peer.to_base58()))
+        except Exception:
+            log.exception("peer_filter raised for %s: refusing the peer", peer)
+            return False
+
+    async def _on_connected(self, peer: ID) -> None:
+        """A connection came up: refuse it, or wait for identify, report it, feed the DHT."""
+        host = self.libp2p_host
+        if host is None:
             return
+        if not self._allowed(peer):
+            log.info("peer %s fails the peer filter: disconnecting", peer)
+            with trio.move_on_after(5):
+                await host.disconnect(peer)
+            return
+        name = peer.to_base58()
+        with self._lock:
+            self._ips[name] = _remote_ips(host, peer)
         with trio.move_on_after(IDENTIFY_WAIT):
             while not _protocols(host, peer):
                 await trio.sleep(0.05)
+        self._report_connect(host, peer)
+        await self._add_to_dht(peer)
+
+    def _report_connect(self, host: IHost, peer: ID) -> None:
+        name = peer.to_base58()
+        with self._lock:
+            if name not in self._ips or name in self._protocols:
+                return  # gone already, or reported for an earlier connection
+            self._protocols[name] = _protocols(host, peer)
+            for on_connect, _, loop in self._watchers:
+                _call_soon(loop, on_connect, name)
+
+    def _on_disconnected(self, peer: ID) -> None:
+        host = self.libp2p_host
+        name = peer.to_base58()
+        with self._lock:
+            if host is not None and host.get_network().get_connections(peer):
+                self._ips[name] = _remote_ips(host, peer)
+                return  # another connection to the peer is still up
+            self._ips.pop(name, None)
+            if self._protocols.pop(name, None) is None:
+                return  # never reported: nothing to take back
+            for _, on_disconnect, loop in self._watchers:
+                _call_soon(loop, on_disconnect, name)
+
+    async def _add_to_dht(self, peer: ID) -> None:
+        """Let an identified peer into the routing table if it is a DHT server."""
+        host, dht = self.libp2p_host, self.dht
+        if host is None or dht is None:
+            return
         if KAD_PROTOCOL in _protocols(host, peer):
             try:
                 await dht.add_peer(peer)
@@ -260,6 +350,30 @@ class P2PHost:
                 log.debug("DHT add_peer %s failed: %r", peer, e)
 
     # asyncio API ----------------------------------------------------------------------------
+
+    def watch_peers(self, on_connect: PeerCallback, on_disconnect: PeerCallback) -> None:
+        """Call ``on_connect(peer_id)`` / ``on_disconnect(peer_id)`` on this asyncio loop.
+
+        ``on_connect`` fires once per peer, after identify (so :meth:`peer_protocols` is
+        filled) or after ``IDENTIFY_WAIT`` seconds; peers already connected are reported at
+        once. ``on_disconnect`` fires when the last connection to a reported peer closes.
+        Callbacks must not block; an exception is logged and ignored.
+        """
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._watchers.append((on_connect, on_disconnect, loop))
+            for name in self._protocols:
+                _call_soon(loop, on_connect, name)
+
+    def peer_ips(self, peer_id: str) -> list[str]:
+        """Remote IP addresses of the current connections to ``peer_id`` (may be empty)."""
+        with self._lock:
+            return list(self._ips.get(peer_id, ()))
+
+    def peer_protocols(self, peer_id: str) -> list[str]:
+        """Protocols ``peer_id`` announced in identify (empty until it is reported)."""
+        with self._lock:
+            return list(self._protocols.get(peer_id, ()))
 
     def listen_addrs(self) -> list[str]:
         """Full multiaddrs (``.../tcp/PORT/p2p/PEERID``) the host listens on."""
@@ -273,6 +387,8 @@ class P2PHost:
     async def _connect_in_trio(self, addr: str) -> str:
         assert self.libp2p_host is not None
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        if not self._allowed(info.peer_id):
+            raise PeerRefused(f"peer {info.peer_id} is not allowed by this node's peer filter")
         with trio.fail_after(15):
             await self.libp2p_host.connect(info)
         return info.peer_id.to_base58()
@@ -374,3 +490,34 @@ def _protocols(host: IHost, peer: ID) -> list[str]:
         return [str(p) for p in host.get_peerstore().get_protocols(peer) or []]
     except Exception:
         return []
+
+
+async def _close_connections(host: IHost) -> None:
+    """Close every connection, so peers see us go (py-libp2p leaves the sockets open)."""
+    with trio.move_on_after(3):
+        for peer in list(host.get_connected_peers()):
+            with contextlib.suppress(Exception):
+                await host.disconnect(peer)
+
+
+def _remote_ips(host: IHost, peer: ID) -> list[str]:
+    ips: list[str] = []
+    for conn in host.get_network().get_connections(peer):
+        try:
+            address = conn.muxed_conn.get_remote_address()  # type: ignore[attr-defined]
+        except Exception:
+            address = None
+        if address and address[0] not in ips:
+            ips.append(str(address[0]))
+    return ips
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: PeerCallback, peer_id: str) -> None:
+    def run() -> None:
+        try:
+            callback(peer_id)
+        except Exception:
+            log.exception("peer watcher %r raised for %s", callback, peer_id)
+
+    with contextlib.suppress(RuntimeError):  # the asyncio loop is closed
+        loop.call_soon_threadsafe(run)
