@@ -45,9 +45,7 @@ def normal_ip(ip: str) -> str:
 
     Unparseable input comes back stripped and lower-cased (it then matches nothing joined).
     """
-    text = ip.strip().lower().split("%", 1)[0]
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
+    text = ip.strip().lower().removeprefix("[").removesuffix("]").split("%", 1)[0]
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
