@@ -193,7 +193,9 @@ def test_over_peer_concurrency_gets_429_with_retry_after(
             url = car_url(net.host_ip, port, root)
             slow = [asyncio.create_task(curl(net[0], url, tmp_path)) for _ in range(2)]
             key = f"ip:{net[0].ip}"
+            deadline = time.monotonic() + 20
             while (access.usage(key) or (0, 0, 0))[1] < 2:
+                assert time.monotonic() < deadline, f"two CARs never in flight: {access.usage(key)}"
                 await asyncio.sleep(0.02)
             third = await curl(net[0], url, tmp_path)
             neighbour = await curl(net[1], f"{url.split('?')[0]}?format=raw", tmp_path)
