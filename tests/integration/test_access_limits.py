@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -286,3 +288,45 @@ def test_bitswap_serves_swarm_peers_and_tells_others_it_has_nothing(tmp_path: Pa
     assert got == data
     usage = access.usage(f"peer:{member}")
     assert usage is not None and usage[0] >= len(data)  # every block went through its bucket
+
+
+# ── the LAN harness itself (other tests rely on it: mDNS between nodes) ───────────────
+
+_MCAST_RECV = """
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", 5353))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             struct.pack("4s4s", socket.inet_aton("224.0.0.251"), socket.inet_aton(sys.argv[1])))
+s.settimeout(20)
+print("ready", flush=True)
+print(s.recvfrom(100)[0].decode(), flush=True)
+"""
+_MCAST_SEND = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(sys.argv[1]))
+for _ in range(20):
+    s.sendto(b"hello lan", ("224.0.0.251", 5353))
+    time.sleep(0.1)
+"""
+
+
+def test_lan_hosts_reach_each_other_by_multicast_and_are_removed_even_on_failure() -> None:
+    with pytest.raises(RuntimeError, match="the test failed"), lan(n=2) as hosts:
+        names, bridge = [h.netns for h in hosts], hosts.bridge
+        receiver = hosts[1].popen(
+            [sys.executable, "-c", _MCAST_RECV, hosts[1].ip], stdout=subprocess.PIPE, text=True
+        )
+        assert receiver.stdout is not None
+        assert receiver.stdout.readline().strip() == "ready"
+        sent = hosts[0].run([sys.executable, "-c", _MCAST_SEND, hosts[0].ip])
+        assert sent.returncode == 0, sent.stderr
+        assert receiver.stdout.readline().strip() == "hello lan"  # what mDNS needs
+        hosts[0].popen(["sleep", "600"])  # left running: the harness must stop it
+        raise RuntimeError("the test failed")
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(name in listed for name in names)
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert bridge not in links
