@@ -14,6 +14,13 @@ py-libp2p's protobuf ``Message`` and host streams:
 
 Everything here runs on the trio thread; :class:`BlockSource` is the one synchronous,
 thread-safe door to the blockstore.
+
+Who is served (:mod:`pacswarm.swarm.access`, when the engine has an :class:`Access`): a peer
+that may not fetch is answered as if we held nothing: DONT_HAVE for every want that asks for
+one (kubo, Helia and our own client then move on to other peers at once, where silence would
+cost them a timeout), and never a block or a HAVE, so a stranger cannot probe what this node
+holds. Per admitted peer, ``peer_concurrency`` bounds its responder streams and ``peer_rate``
+paces what they write (a sleep per message of up to ``SEND_BUDGET`` bytes).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from pacswarm.ipfs.bitswap_wire import (
     widen_receive_window,
 )
 from pacswarm.ipfs.cid import CID, CIDError, encode_varint
+from pacswarm.swarm.access import Access, Lease
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,10 @@ class MemoryBlocks:
 
     def __len__(self) -> int:
         return len(self._blocks)
+
+
+#: What a peer that may not fetch is told we hold.
+_NOTHING = MemoryBlocks()
 
 
 class BlockSink(Protocol):
@@ -119,8 +131,7 @@ class _Responder:
         self.active = 0
         self.closing = False
 
-    def want(self, cid: CID, want_have: bool, send_dont_have: bool) -> None:
-        source = self.engine.blocks
+    def want(self, cid: CID, want_have: bool, send_dont_have: bool, source: BlockSource) -> None:
         if want_have:
             has = source.has(cid)
             if has or send_dont_have:
@@ -138,6 +149,10 @@ class _Responder:
     def _next_message(self) -> bytes:
         msg = Message()
         size = 0
+        if self.blocks and not self.engine.admits(self.peer):  # it left the swarm meanwhile
+            for digest, cid in self.blocks.items():
+                self.presences[digest] = (cid, False)
+            self.blocks.clear()
         while self.blocks and size < SEND_BUDGET:
             _, cid = self.blocks.popitem(last=False)
             data = self.engine.blocks.get(cid)
@@ -177,7 +192,13 @@ class _Responder:
     async def _writer(self) -> None:
         """One stream's writer: exits after IDLE_CLOSE s without work or on a dead stream."""
         stream: INetStream | None = None
+        lease: Lease | None = None
         try:
+            access = self.engine.access
+            if access is not None:
+                lease = access.enter_bitswap(self.peer.to_base58())
+                if lease is None:  # peer_concurrency streams already write to this peer
+                    return
             while True:
                 if not self.blocks and not self.presences:
                     with trio.move_on_after(IDLE_CLOSE):
@@ -187,12 +208,16 @@ class _Responder:
                 data = self._next_message()
                 if not data:
                     continue
+                if lease is not None and (wait := lease.pace(len(data))) > 0:
+                    await trio.sleep(wait)
                 if stream is None:
                     stream = await self.engine.host.new_stream(self.peer, [self.protocol])
                 await stream.write(data)
         except Exception as e:
             log.debug("bitswap responder stream to %s ended: %r", self.peer, e)
         finally:
+            if lease is not None:
+                lease.close()
             self.active -= 1
             if self.active == 0:  # no checkpoint since the queue was seen empty
                 self.closing = True
@@ -205,11 +230,16 @@ class _Responder:
 
 
 class BitswapEngine:
-    """Bitswap for one libp2p host: serves ``blocks``, routes received blocks to sinks."""
+    """Bitswap for one libp2p host: serves ``blocks``, routes received blocks to sinks.
 
-    def __init__(self, host: IHost, blocks: BlockSource) -> None:
+    ``access``: who is served and how much (None: every peer, unlimited). It may be set after
+    construction (it is read on every want), e.g. ``host.bitswap.access = access``.
+    """
+
+    def __init__(self, host: IHost, blocks: BlockSource, access: Access | None = None) -> None:
         self.host = host
         self.blocks = blocks
+        self.access = access
         self.sinks: set[BlockSink] = set()
         self._responders: dict[ID, _Responder] = {}
         self._want_streams: dict[ID, INetStream] = {}
@@ -272,7 +302,12 @@ class BitswapEngine:
                 for sink in list(self.sinks):
                     sink.dont_have(peer, cid.digest)
 
+    def admits(self, peer: ID) -> bool:
+        """True if ``peer`` may fetch blocks (always, without an :class:`Access`)."""
+        return self.access is None or self.access.may_fetch_bitswap(peer.to_base58())
+
     def _on_wants(self, peer: ID, protocol: TProtocol, wantlist: Message.Wantlist) -> None:
+        source = self.blocks if self.admits(peer) else _NOTHING
         responder = self._responders.get(peer)
         if responder is None or responder.closing:
             if self._nursery is None:
@@ -294,7 +329,8 @@ class BitswapEngine:
                 log.debug("peer %s exceeds %d queued wants; dropping the rest", peer, MAX_QUEUED)
                 return
             else:
-                responder.want(cid, entry.wantType == Message.Wantlist.Have, entry.sendDontHave)
+                want_have = entry.wantType == Message.Wantlist.Have
+                responder.want(cid, want_have, entry.sendDontHave, source)
 
     def responder_done(self, responder: _Responder) -> None:
         if self._responders.get(responder.peer) is responder:

@@ -18,6 +18,13 @@ not produce, 404 for content we do not hold (we are non-recursive: we never fetc
 and for paths under a CID (our DAGs are files: nothing to traverse). Once a CAR stream has
 started, a missing or corrupt block cuts the connection: the client then sees a broken
 transfer, never a short but well-formed CAR.
+
+Who is answered (:mod:`pacswarm.swarm.access`, when an :class:`Access` is given): a client
+that is neither this machine nor a swarm peer gets 403 before anything else is looked at (a
+stranger learns nothing, not even whether a CID is malformed); a client with
+``peer_concurrency`` requests in flight gets 429 with ``Retry-After``; ``peer_rate`` paces
+the response: the stream sleeps between batches (never per byte) so the client gets about
+that many bytes per second, shared across its requests.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from aiohttp import web
 from pacswarm.ipfs.blockstore import BlockstoreError, PackageBlockstore
 from pacswarm.ipfs.car import encode_header, frame_head
 from pacswarm.ipfs.cid import CID, CIDError, encode_varint
+from pacswarm.swarm.access import Access, Lease
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,19 @@ _PROBE_CID_BYTES = b"\x01\x55\x00\x00"  # CIDv1, raw, identity multihash of noth
 _BATCH_BYTES = 1024 * 1024
 _CAR_PARAMS = ("version", "order", "dups")
 _BLOCKS: web.AppKey[PackageBlockstore] = web.AppKey("blocks", PackageBlockstore)
+_ACCESS: web.AppKey[Access | None] = web.AppKey("access")
+#: Seconds a client over its concurrency limit is told to wait (a small file takes ~that).
+RETRY_AFTER = 1
+#: Longest single sleep while pacing (see ``_pace``).
+_PACE_STEP = 0.25
+REFUSED = (
+    "403: this pacswarm node serves its gateway only to this machine and to peers of its "
+    "swarm, and {ip} is neither.\n"
+    "To fetch from it, join its swarm: run pacswarm on your machine and connect to this node "
+    "over libp2p (found by mDNS on the same LAN, or listed in bootstrap; in a private swarm "
+    "your peer ID must be in its [swarm] allowlist).\n"
+    "Or, on this node, set [swarm] serve_public = true to serve anyone.\n"
+)
 
 
 @dataclass(frozen=True)
@@ -61,15 +82,57 @@ class NotAcceptable(Exception):
     """The request names a format or CAR variant this gateway does not produce."""
 
 
-def gateway_app(blocks: PackageBlockstore) -> web.Application:
-    """An application serving only ``GET``/``HEAD /ipfs/{cid}`` from ``blocks``."""
+def gateway_app(blocks: PackageBlockstore, access: Access | None = None) -> web.Application:
+    """An application serving only ``GET``/``HEAD /ipfs/{cid}`` from ``blocks``.
+
+    ``access``: who may fetch and how much (None: anyone, unlimited, as before swarms).
+    """
     app = web.Application()
     app[_BLOCKS] = blocks
-    app.router.add_get("/ipfs/{cid}", _handle)  # also answers HEAD
+    app[_ACCESS] = access
+    app.router.add_get("/ipfs/{cid}", _admit)  # also answers HEAD
     return app
 
 
-async def _handle(request: web.Request) -> web.StreamResponse:
+async def _admit(request: web.Request) -> web.StreamResponse:
+    """Refused (403) and busy (429) clients first; then the request, holding a slot."""
+    access = request.app[_ACCESS]
+    if access is None:
+        return await _handle(request, None)
+    ip = request.remote or ""
+    if not access.may_fetch_http(ip):
+        raise web.HTTPForbidden(text=REFUSED.format(ip=ip or "this client"))
+    lease = access.enter_http(ip)
+    if lease is None:
+        raise web.HTTPTooManyRequests(
+            headers={"Retry-After": str(RETRY_AFTER)},
+            text=f"429: {ip} already has {access.swarm.peer_concurrency} requests in flight "
+            f"here ([swarm] peer_concurrency); retry after {RETRY_AFTER} s\n",
+        )
+    with lease:
+        return await _handle(request, lease)
+
+
+async def _pace(request: web.Request, lease: Lease | None, nbytes: int) -> bool:
+    """Sleep as long as the client's rate asks before sending ``nbytes`` (no-op unlimited).
+
+    In short steps: a client that hangs up mid-wait frees its slot within ``_PACE_STEP``
+    rather than after the whole wait (seconds, at a low ``peer_rate``). False: it hung up.
+    """
+    if lease is None:
+        return True
+    wait = lease.pace(nbytes)
+    while wait > 0:
+        step = min(wait, _PACE_STEP)
+        await asyncio.sleep(step)
+        wait -= step
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return False
+    return True
+
+
+async def _handle(request: web.Request, lease: Lease | None) -> web.StreamResponse:
     """Format first (400/406 cost nothing), then the CID (400), then the store (404).
 
     Only the index is consulted before answering: HEAD and 404s never read a package file.
@@ -99,8 +162,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     if _not_modified(request, headers["ETag"]):
         return web.Response(status=304, headers=headers)
     if wanted.fmt == "raw":
-        return await _raw(request, blocks, cid, size, headers)
-    return await _car(request, blocks, cid, headers, wanted)
+        return await _raw(request, blocks, cid, size, headers, lease)
+    return await _car(request, blocks, cid, headers, wanted, lease)
 
 
 def negotiate(query: Mapping[str, str], accept: str | None) -> Wanted | None:
@@ -223,7 +286,12 @@ def _not_modified(request: web.Request, etag: str) -> bool:
 
 
 async def _raw(
-    request: web.Request, blocks: PackageBlockstore, cid: CID, size: int, headers: dict[str, str]
+    request: web.Request,
+    blocks: PackageBlockstore,
+    cid: CID,
+    size: int,
+    headers: dict[str, str],
+    lease: Lease | None,
 ) -> web.StreamResponse:
     if request.method == "HEAD":
         headers["Content-Length"] = str(size)
@@ -235,6 +303,8 @@ async def _raw(
         raise web.HTTPNotFound(text=f"{cid} is not on this node\n") from None
     if block is None:
         raise web.HTTPNotFound(text=f"{cid} is not on this node\n")
+    if not await _pace(request, lease, len(block)):
+        return web.Response(status=499)  # nobody is listening: not even logged as an error
     return web.Response(body=block, headers=headers)
 
 
@@ -244,8 +314,12 @@ async def _car(
     cid: CID,
     headers: dict[str, str],
     wanted: Wanted,
+    lease: Lease | None,
 ) -> web.StreamResponse:
-    """Stream the DAG; blocks are read and verified on a worker thread, a batch at a time."""
+    """Stream the DAG; blocks are read and verified on a worker thread, a batch at a time.
+
+    Pacing is per batch (~1 MiB): one bucket reservation and at most one sleep each.
+    """
     resp = web.StreamResponse(headers=headers)
     if request.method == "HEAD":
         await resp.prepare(request)
@@ -261,6 +335,9 @@ async def _car(
     await resp.write(encode_header(cid))
     batch = first
     while batch:
+        if not await _pace(request, lease, sum(map(len, batch))):
+            _cut(request)
+            return resp
         for piece in batch:  # frame heads and blocks as they are: no joining copies
             await resp.write(piece)
         try:
