@@ -259,9 +259,10 @@ class Downloader:
     async def _until_admitted(self, dl: Download, sig_task: asyncio.Task[Signed | None]) -> Signed:
         """Attempts until one is admitted: transfer, admit; bad bytes mean a new attempt.
 
-        A source that sent a bad file is not asked again for it. When bytes from several
-        sources made the bad file (one truncated, the next continued), nobody can tell which
-        lied: all are penalised, and from then on each attempt takes its bytes from a single
+        A source that sent a bad file is not asked again for it, and is told it sent bad
+        content. When bytes from several sources made the bad file (one truncated, the next
+        continued), nobody can tell which lied: all are penalised (not told "bad content"),
+        and from then on each attempt takes its bytes from a single
         source (*solo*: a source that fails mid-file is not continued by the next one, the
         next one starts over), so the liar is found. Attempts are bounded by the sources.
         """
@@ -282,9 +283,12 @@ class Downloader:
                     dl.want, dl.sha.hexdigest(), dl.path, first, check, dl.sources
                 )
             except BadBytes as e:
+                # Only a file from one source proves that source lied (a strike, for a peer):
+                # a liar that truncates must not get the honest source that continued struck.
+                alone = len(dl.sources) == 1
                 for name in dl.sources:
                     source = self._source_named(sources, name)
-                    source.failed(f"sent a bad {dl.rp.filename}", bad_content=True)
+                    source.failed(f"sent a bad {dl.rp.filename}", bad_content=alone)
                 if len(dl.sources) == 1:
                     refused.update(dl.sources)
                 else:
