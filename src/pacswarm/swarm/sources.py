@@ -93,6 +93,42 @@ def is_lan(ips: Iterable[str], local: Sequence[Network] = ()) -> bool:
     return False
 
 
+def parse_local_networks(route: str, if_inet6: str) -> list[Network]:
+    """Networks this machine is directly on, from Linux's ``/proc/net/route`` (on-link IPv4
+    routes: no gateway, not the default route) and ``/proc/net/if_inet6`` (address, prefix
+    length; loopback and link-local left out: :func:`is_lan` knows them already). Pure."""
+    nets: list[Network] = []
+    for line in route.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8 or fields[2] != "00000000" or fields[7] == "00000000":
+            continue
+        with contextlib.suppress(ValueError):
+            dest, mask = (bytes.fromhex(f)[::-1] for f in (fields[1], fields[7]))
+            prefix = bin(int.from_bytes(mask, "big")).count("1")
+            nets.append(ipaddress.IPv4Network((ipaddress.IPv4Address(dest), prefix), strict=False))
+    for line in if_inet6.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        with contextlib.suppress(ValueError):
+            ip = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+            if not (ip.is_loopback or ip.is_link_local):
+                nets.append(ipaddress.IPv6Network((ip, int(fields[2], 16)), strict=False))
+    return nets
+
+
+def local_networks() -> list[Network]:
+    """:func:`parse_local_networks` of this machine (empty where /proc/net is not Linux's)."""
+    texts: list[str] = []
+    for name in ("/proc/net/route", "/proc/net/if_inet6"):
+        try:
+            with open(name, encoding="ascii", errors="replace") as f:
+                texts.append(f.read())
+        except OSError:
+            texts.append("")
+    return parse_local_networks(*texts)
+
+
 def peer_sources(
     offers: Sequence[PeerOffer],
     host: P2PHost | None,
