@@ -32,6 +32,7 @@ from pacswarm.node import Node
 from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.swarm.reputation import Reputation
 from pacswarm.swarm.sources import PeerOffer, order_offers, peer_sources
+from tests.integration.test_peer_source import _serve
 from tests.support.mirror import MirrorServer
 from tests.support.testrepo import Package, TestRepo
 
@@ -182,3 +183,137 @@ def test_a_silent_peer_is_replaced_by_the_mirror_long_before_a_stall(
     assert f"sent no byte within {FIRST_BYTE:g} s" in why
     assert cached.read_bytes() == pkg.path.read_bytes()
     assert [h.get("Range") for _, _, h in mirror.requests_for(pkg.filename)] == [None]
+
+
+class _Stalls:
+    """The peer's blocks until ``after`` of them were served, then a stall: the peer's
+    Bitswap writers break on the next block, its answers stop and the connection stays open,
+    so nothing more arrives."""
+
+    def __init__(self, blocks: PackageBlockstore, after: int) -> None:
+        self._blocks = blocks
+        self._after = after
+        self.served = 0
+
+    def get(self, cid: CID) -> bytes | None:
+        if self.served >= self._after:
+            raise RuntimeError("this peer stopped serving")
+        self.served += 1
+        return self._blocks.get(cid)
+
+    def has(self, cid: CID) -> bool:
+        return self._blocks.has(cid)
+
+
+async def _written(node: Node, want: Want, at_least: int) -> None:
+    """Wait until the download of ``want`` holds ``at_least`` bytes."""
+    while (dl := node.downloader.active(want.rp)) is None or dl.written < at_least:
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("mode", ["stall", "die"])
+def test_a_bitswap_peer_that_stalls_or_dies_midway_is_continued_by_the_mirror_at_its_offset(
+    mode: str, tmp_path: Path, test_repo: TestRepo, mirror: MirrorServer, pacman_gpgdir: Path
+) -> None:
+    """Its bytes stream into the download as they arrive, so the mirror is asked only for
+    the rest (a Range from the peer's offset), and our Bitswap side stops fetching."""
+    pkg = test_repo.packages["largepkg"]
+    node = _node(tmp_path, mirror, pacman_gpgdir)
+
+    async def body() -> tuple[Path, int, str]:
+        blocks = PackageBlockstore(tmp_path / "peer.sqlite", locate=lambda key: pkg.path)
+        root = blocks.add_package("largepkg", pkg.path)
+        served = _Stalls(blocks, after=30) if mode == "stall" else blocks  # ~7 MiB of 20
+        async with _peer(tmp_path, served) as peer, aiohttp.ClientSession() as session:
+            assert node.ipfs.host is not None and node.ipfs.host.bitswap is not None
+            await node.ipfs.host.connect(peer.listen_addrs()[0])
+            _use_peers(node, session, Reputation(3, 3600), [_offer(peer.peer_id, root)])
+            want = _want(node, pkg)
+            fetch = asyncio.ensure_future(node.downloader.fetch(want))
+            if mode == "die":
+                await _written(node, want, 5 << 20)
+                await peer.stop()  # its connections close mid-transfer
+            cached = await fetch
+            why = node.peer_health.state(f"peer bitswap {peer.peer_id}").last_error
+            return cached, len(node.ipfs.host.bitswap.sinks), why
+
+    cached, fetching, why = asyncio.run(_running(node, body, bound=60.0))
+    assert cached.read_bytes() == pkg.path.read_bytes()
+    ranges = [h.get("Range", "") for _, _, h in mirror.requests_for(pkg.filename)]
+    assert len(ranges) == 1 and ranges[0].startswith("bytes="), ranges
+    offset = int(ranges[0].removeprefix("bytes=").split("-")[0])
+    assert 0 < offset < pkg.size  # the peer's bytes were kept: the mirror sent only the rest
+    assert fetching == 0  # the Bitswap fetch from the peer was cancelled on the trio side
+    # A stall is judged by the watchdog; a dead peer is left at once, not after a stall.
+    assert ("stalled" if mode == "stall" else "the peer disconnected") in why, why
+
+
+async def _flipping_gateway(upstream: str) -> tuple[web.AppRunner, str]:
+    """A peer gateway that relays an honest gateway's CAR with one byte flipped mid-stream:
+    a block that no longer matches its CID."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        async with aiohttp.ClientSession() as client:
+            url = f"{upstream}{request.path_qs}"
+            async with client.get(url, headers={"Accept": request.headers["Accept"]}) as resp:
+                body = bytearray(await resp.read())
+                if resp.status == 200 and len(body) > 512:
+                    body[len(body) // 2] ^= 0xFF
+                kept = {k: resp.headers[k] for k in ("Content-Type",) if k in resp.headers}
+                return web.Response(status=resp.status, body=bytes(body), headers=kept)
+
+    app = web.Application()
+    app.router.add_get("/ipfs/{cid}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("attack", ["wrong file", "wrong blocks"])
+def test_a_peer_serving_garbage_is_struck_then_left_out(
+    attack: str, tmp_path: Path, test_repo: TestRepo, mirror: MirrorServer, pacman_gpgdir: Path
+) -> None:
+    """Each time the package is needed the lying peer is asked first and the mirror's copy is
+    cached; after ``strikes`` strikes the swarm's sources no longer include the peer."""
+    hello = test_repo.packages["hello"]
+    served = tmp_path / "served.pkg"
+    data = bytearray(hello.path.read_bytes())
+    if attack == "wrong file":
+        data[100] ^= 0xFF  # a valid DAG of another file: only the sha256 can tell
+    served.write_bytes(bytes(data))
+    node = _node(tmp_path, mirror, pacman_gpgdir)
+    strikes = 2
+
+    async def body() -> tuple[list[int], bool, list[Source]]:
+        blocks = PackageBlockstore(tmp_path / "evil.sqlite", locate=lambda key: served)
+        root = blocks.add_package("evil", served)
+        honest, url = await _serve(blocks)
+        relay, url = (await _flipping_gateway(url)) if attack == "wrong blocks" else (None, url)
+        reputation = Reputation(strikes, 3600)
+        asked: list[int] = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                offer = _offer("12D3KooWLiar", root, gateway=url)
+                _use_peers(node, session, reputation, [offer])
+                for _ in range(strikes + 1):
+                    want = _want(node, hello)
+                    asked.append(len(node.downloader.plan.peers(want)))
+                    cached = await node.downloader.fetch(want)
+                    assert cached.read_bytes() == hello.path.read_bytes()
+                    node.evict(want.rp)  # needed again: a new download each round
+                banned = reputation.ignored("12D3KooWLiar", time.monotonic())
+                left = peer_sources([offer], None, session, reputation, node.peer_health, 1.0)
+                return asked, banned, left
+        finally:
+            if relay is not None:
+                await relay.cleanup()
+            await honest.cleanup()
+            blocks.close()
+
+    asked, banned, left = asyncio.run(_running(node, body))
+    assert asked == [1, 1, 0]  # asked while it had strikes left, then left out
+    assert banned and left == []
+    assert mirror.hits(hello.filename) == strikes + 1  # every copy cached came from the mirror

@@ -67,10 +67,8 @@ def is_lie(reason: str) -> bool:
 
 def strike(reputation: Strikes | None, peer_id: str | None, name: str, reason: str) -> None:
     """Count a verification failure against ``peer_id`` (if the source knows who it is)."""
-    if reputation is None or not peer_id:
-        return
-    if reputation.strike(peer_id, reason, time.monotonic()):
-        log.warning("%s is ignored for a while: too many bad transfers (last: %s)", name, reason)
+    if reputation is not None and peer_id:
+        reputation.strike(peer_id, reason, time.monotonic())  # it logs a ban
 
 
 class GatewaySource:

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes a Bitswap transfer may get ahead of the download before the trio side waits.
 BUFFER_LIMIT = 16 * 1024 * 1024
+#: How often a Bitswap transfer checks that the peer is still connected.
+CONNECTION_CHECK = 0.25
 #: Seconds the trio side waits for the download to take buffered bytes before giving up
 #: (the download is gone or the asyncio loop is stuck; either way the fetch must end).
 BUFFER_WAIT = 10.0
@@ -209,25 +211,42 @@ class BitswapSource:
         return offset < want.size
 
     async def stream(self, want: Want, offset: int) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        writer = _QueueWriter(loop)
+        writer = _QueueWriter(asyncio.get_running_loop())
         fetch = asyncio.create_task(
             self.host.fetch_file(
                 self.root, cast(BinaryIO, writer), [self.addr], offset=offset, max_size=want.size
             ),
             name=f"bitswap {self.root} from {self.peer_id}",
         )
-        fetch.add_done_callback(lambda _: writer.end())
+        fetch.add_done_callback(lambda task: (writer.end(), _retrieved(task)))
+        watch = asyncio.create_task(self._watch_connection(writer))
         try:
             while (piece := await writer.get()) is not None:
                 yield piece
             await self._outcome(fetch)
         finally:
+            watch.cancel()
             writer.close()  # first: a trio side waiting for room must not keep waiting
-            if not fetch.done():
-                fetch.cancel()
-            with contextlib.suppress(BaseException):
-                await fetch
+            fetch.cancel()  # cancels the trio fetch, which cancels our wants at the peer
+            await asyncio.wait({fetch, watch})
+
+    async def _watch_connection(self, writer: _QueueWriter) -> None:
+        """End the transfer as soon as the peer's connection is gone (a killed peer), rather
+        than when the stall watchdog notices that nothing comes any more."""
+        was_connected = False
+        while True:
+            await asyncio.sleep(CONNECTION_CHECK)
+            connected = self._connected()
+            if was_connected and not connected:
+                writer.abort(f"the peer disconnected (after {writer.taken} bytes)")
+                return
+            was_connected = was_connected or connected
+
+    def _connected(self) -> bool:
+        try:
+            return self.peer_id in self.host.connected_peers()
+        except RuntimeError:  # the trio thread changed the connections while we looked
+            return True
 
     async def _outcome(self, fetch: asyncio.Task[int]) -> None:
         """The fetch's end as the download understands it: done, or a SourceFault."""
@@ -255,6 +274,12 @@ class BitswapSource:
         self.health.succeeded(self.name, time.monotonic())
 
 
+def _retrieved(task: asyncio.Task[int]) -> None:
+    """Mark a finished fetch's outcome as seen (the stream may be gone: no warning then)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _QueueWriter:
     """A write-only file object for the trio thread whose bytes come out on asyncio.
 
@@ -273,6 +298,8 @@ class _QueueWriter:
         self._buffered = 0
         self._ended = False
         self._closed = False
+        self._error: str | None = None
+        self.taken = 0  # bytes handed to the download
         self._room = threading.Condition()
         self._ready = asyncio.Event()
 
@@ -302,6 +329,11 @@ class _QueueWriter:
         self._ended = True
         self._ready.set()
 
+    def abort(self, reason: str) -> None:
+        """End the transfer with a fault: ``get`` raises :class:`SourceFault` (``reason``)."""
+        self._error = reason
+        self._ready.set()
+
     def close(self) -> None:
         with self._room:
             self._closed = True
@@ -310,7 +342,10 @@ class _QueueWriter:
             self._room.notify_all()
 
     async def get(self) -> bytes | None:
-        """The next piece, or None once the fetch ended and everything was taken."""
+        """The next piece, or None once the fetch ended and everything was taken.
+
+        Raises :class:`SourceFault` once aborted (what arrived before is still handed over).
+        """
         while True:
             with self._room:
                 if self._pieces:
@@ -318,7 +353,11 @@ class _QueueWriter:
                     self._pieces.clear()
                     self._buffered = 0
                     self._room.notify_all()
-                    return b"".join(pieces)
+                    piece = b"".join(pieces)
+                    self.taken += len(piece)
+                    return piece
+            if self._error is not None:
+                raise SourceFault(self._error)
             if self._ended:
                 return None
             self._ready.clear()
