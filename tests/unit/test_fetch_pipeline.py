@@ -28,7 +28,7 @@ from pacswarm.events import Committed, NodeEvents
 from pacswarm.fetch.admit import Admission
 from pacswarm.fetch.download import HOLDBACK, Downloader, DownloadFailed, State
 from pacswarm.fetch.plan import SourcePlan
-from pacswarm.fetch.source import CacheSource, SourceFault, Want
+from pacswarm.fetch.source import CacheSource, Source, SourceFault, Want
 from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.store import Store
@@ -100,7 +100,9 @@ class Memory:
     delay: float = 0.0
     asked: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    bad_content: int = 0  # failures with bad_content=True (a strike, for a peer)
     successes: int = 0
+    first_byte_within: float | None = None
 
     def can_deliver(self, want: Want, offset: int) -> bool:
         return True
@@ -121,8 +123,9 @@ class Memory:
             yield self.data[pos:end]
             pos = end
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, *, bad_content: bool = False) -> None:
         self.failures.append(reason)
+        self.bad_content += bad_content
 
     def succeeded(self) -> None:
         self.successes += 1
@@ -238,6 +241,57 @@ def test_a_truncating_liar_and_an_honest_source_end_with_the_honest_file(tmp_pat
         return await w.downloader.fetch(Want(RP, _record()), [liar, honest])
 
     assert _run(tmp_path, body).read_bytes() == DATA
+    # Nobody can tell which of the two lied: neither is told "bad content" (a strike).
+    assert liar.bad_content == 0 and honest.bad_content == 0
+
+
+def test_a_source_silent_past_its_first_byte_deadline_is_replaced_at_the_same_offset(
+    tmp_path: Path,
+) -> None:
+    """A peer that sends nothing is left after its ``first_byte_within``, long before the
+    stall watchdog (0.3 s here) would judge it; the next source continues at the offset."""
+    cut = Memory("cut", stop_at=100_000)
+    silent = Memory("silent", stall_at=0, first_byte_within=0.05)
+    honest = Memory("honest", first_byte_within=1.0)
+
+    async def body(w: World) -> Path:
+        return await w.downloader.fetch(Want(RP, _record()), [cut, silent, honest])
+
+    assert _run(tmp_path, body).read_bytes() == DATA
+    assert silent.asked == [100_000] and honest.asked == [100_000]
+    assert silent.failures == ["sent no byte within 0.05 s (from offset 100000 of 307200)"]
+    assert not honest.failures  # its first byte came in time: the deadline is only for that
+
+
+def test_only_the_source_that_sent_a_bad_file_is_told_it_was_bad_content(tmp_path: Path) -> None:
+    refuses, liar, honest = Memory("refuses", stop_at=0), _liar(), Memory("honest")
+
+    async def body(w: World) -> Path:
+        return await w.downloader.fetch(Want(RP, _record()), [refuses, liar, honest])
+
+    assert _run(tmp_path, body).read_bytes() == DATA
+    assert liar.bad_content == 1
+    assert refuses.failures and refuses.bad_content == 0  # it failed, but sent no bad file
+    assert honest.bad_content == 0 and not honest.failures
+
+
+def test_every_attempt_asks_the_plan_for_peers_and_leaves_out_the_one_that_lied(
+    tmp_path: Path,
+) -> None:
+    liar, honest = _liar("peer liar"), Memory("peer honest")
+    asked: list[Want] = []
+
+    def peers(want: Want) -> list[Source]:
+        asked.append(want)
+        return [liar, honest]
+
+    async def body(w: World) -> Path:
+        w.downloader.plan.peers = peers
+        return await w.downloader.fetch(Want(RP, _record()))
+
+    assert _run(tmp_path, body).read_bytes() == DATA
+    assert [a.rp for a in asked] == [RP, RP]  # the first attempt, and the one after the lie
+    assert liar.asked == [0] and honest.asked == [0]
 
 
 def test_without_window_the_hold_back_keeps_the_tail_and_a_failure_cuts(tmp_path: Path) -> None:
@@ -362,7 +416,7 @@ def test_a_bug_in_the_download_fails_it_instead_of_hanging_its_readers(tmp_path:
     starts afresh: nothing waits for a task that is gone."""
 
     class Unnamed(Memory):
-        def failed(self, reason: str) -> None:
+        def failed(self, reason: str, *, bad_content: bool = False) -> None:
             raise RuntimeError("a bug in a source's bookkeeping")
 
     liar = _liar("liar")

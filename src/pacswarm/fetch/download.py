@@ -2,7 +2,9 @@
 
 A :class:`Download` fills a temp file from the sources of its plan (cache, peers, mirrors) in
 order. A source that errors, stalls or truncates is penalised and the next one continues at
-the same offset (``Range``), watched by a stall watchdog re-armed every ``stall_timeout``.
+the same offset (``Range``), watched by a stall watchdog re-armed every ``stall_timeout``; a
+source with a ``first_byte_within`` (peers) that sends no byte in that time is replaced the
+same way, long before pacman's 10 s rule would cut the transfer.
 When the file is complete it goes through admission (:mod:`.admit`). Bytes that fail the
 sha256 are thrown away, their sources penalised and left out, and the download starts again
 from the next source: a new *attempt* (``generation``).
@@ -257,9 +259,10 @@ class Downloader:
     async def _until_admitted(self, dl: Download, sig_task: asyncio.Task[Signed | None]) -> Signed:
         """Attempts until one is admitted: transfer, admit; bad bytes mean a new attempt.
 
-        A source that sent a bad file is not asked again for it. When bytes from several
-        sources made the bad file (one truncated, the next continued), nobody can tell which
-        lied: all are penalised, and from then on each attempt takes its bytes from a single
+        A source that sent a bad file is not asked again for it, and is told it sent bad
+        content. When bytes from several sources made the bad file (one truncated, the next
+        continued), nobody can tell which lied: all are penalised (not told "bad content"),
+        and from then on each attempt takes its bytes from a single
         source (*solo*: a source that fails mid-file is not continued by the next one, the
         next one starts over), so the liar is found. Attempts are bounded by the sources.
         """
@@ -268,7 +271,7 @@ class Downloader:
         solo = False
         budget: int | None = None
         while True:
-            sources = [s for s in self.plan.sources(dl.extra) if s.name not in refused]
+            sources = [s for s in self.plan.sources(dl.want, dl.extra) if s.name not in refused]
             budget = len(sources) + 1 if budget is None else budget - 1
             if budget <= 0:
                 raise UpstreamError(str(dl.rp), attempts)
@@ -280,8 +283,12 @@ class Downloader:
                     dl.want, dl.sha.hexdigest(), dl.path, first, check, dl.sources
                 )
             except BadBytes as e:
+                # Only a file from one source proves that source lied (a strike, for a peer):
+                # a liar that truncates must not get the honest source that continued struck.
+                alone = len(dl.sources) == 1
                 for name in dl.sources:
-                    self._source_named(sources, name).failed(f"sent a bad {dl.rp.filename}")
+                    source = self._source_named(sources, name)
+                    source.failed(f"sent a bad {dl.rp.filename}", bad_content=alone)
                 if len(dl.sources) == 1:
                     refused.update(dl.sources)
                 else:
@@ -397,17 +404,27 @@ class Downloader:
             raise UpstreamError(str(dl.rp), attempts, final_status(tried, not_found))
 
     async def _pull_watched(self, dl: Download, source: Source) -> None:
-        """:meth:`_pull` under a watchdog: too few bytes in a window means a stall."""
+        """:meth:`_pull` under a watchdog: too few bytes in a window means a stall, and no
+        byte within the source's ``first_byte_within`` (if it has one) means a silent one."""
         loop = asyncio.get_running_loop()
         task = asyncio.create_task(self._pull(dl, source))
-        window_start, window_bytes = loop.time(), dl.written
+        started = window_start = loop.time()
+        offset = window_bytes = dl.written
         need = self.config.min_speed * self.config.stall_timeout
+        first_byte = source.first_byte_within
         try:
             while True:
-                done, _ = await asyncio.wait({task}, timeout=WATCHDOG_TICK)
+                tick = WATCHDOG_TICK
+                if first_byte is not None and dl.written == offset:
+                    tick = max(0.0, min(tick, started + first_byte - loop.time()))
+                done, _ = await asyncio.wait({task}, timeout=tick)
                 if done:
                     return task.result()
                 now = loop.time()
+                if first_byte is not None and dl.written == offset and now - started >= first_byte:
+                    raise SourceFault(
+                        f"sent no byte within {first_byte:g} s (from offset {offset} of {dl.size})"
+                    )
                 if now - window_start >= self.config.stall_timeout:
                     moved = dl.written - window_bytes
                     if moved < max(need, 1):

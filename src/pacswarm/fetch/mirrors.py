@@ -102,6 +102,8 @@ class MirrorSource:
     or any status but 200/206, is a fault.
     """
 
+    first_byte_within: float | None = None  # a slow mirror is judged by the stall watchdog
+
     def __init__(self, upstream: Upstream, mirror: str) -> None:
         self.upstream = upstream
         self.mirror = mirror
@@ -131,7 +133,7 @@ class MirrorSource:
                 if chunk:
                     yield chunk
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, *, bad_content: bool = False) -> None:
         self.upstream.failed(self.mirror, reason)
 
     def succeeded(self) -> None:

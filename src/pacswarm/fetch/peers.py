@@ -7,6 +7,11 @@ signature against the keyring). This module only moves bytes: the CAR is checked
 block as it streams and the file's bytes are handed to the download in order
 (:func:`pacswarm.ipfs.gatewayclient.iter_file`: to continue a download at offset N, the
 subtrees of the DAG that end before N are not fetched at all).
+
+A peer that sends bytes failing verification (blocks that do not match their CIDs, a DAG
+that breaks the bounds, or a file that fails the db's sha256) gets a strike in the swarm's
+reputation (:class:`Strikes`, :mod:`pacswarm.swarm.reputation`); an honest peer never does
+that, while a timeout or a refused connection only penalises it for a while.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import aiohttp
 
@@ -41,8 +47,37 @@ class PeerHealth(MirrorHealth):
         return state is not None and state.penalised_until > now
 
 
+class Strikes(Protocol):
+    """Where verification failures of a peer are counted (the swarm's Reputation)."""
+
+    def strike(self, peer_id: str, reason: str, now: float) -> bool: ...
+
+
+#: Prefixes of :class:`GatewayFetchError` reasons that only a lying peer causes: its bytes
+#: did not match the CIDs (or the CAR/DAG was malformed or broke the size bounds).
+_LIES = ("bad DAG", "bad CAR", "block ", "got block", "unexpected block", "CAR roots", "CAR larger")
+#: ... unless the CAR merely stopped early: a peer that died mid-transfer is not a liar.
+_CUT = ("ends inside a frame", "ended before", "empty CAR stream")
+
+
+def is_lie(reason: str) -> bool:
+    """Whether a gateway fetch failed because the peer's bytes were wrong (not cut, slow)."""
+    return reason.startswith(_LIES) and not any(cut in reason for cut in _CUT)
+
+
+def strike(reputation: Strikes | None, peer_id: str | None, name: str, reason: str) -> None:
+    """Count a verification failure against ``peer_id`` (if the source knows who it is)."""
+    if reputation is not None and peer_id:
+        reputation.strike(peer_id, reason, time.monotonic())  # it logs a ban
+
+
 class GatewaySource:
-    """One peer's Trustless Gateway, for one root CID (from that peer's announcement)."""
+    """One peer's Trustless Gateway, for one root CID (from that peer's announcement).
+
+    ``peer_id`` and ``reputation``: whom a verification failure strikes (without them, as
+    for a gateway named by hand, it is only penalised). ``first_byte_within``: see
+    :class:`~pacswarm.fetch.source.Source`.
+    """
 
     def __init__(
         self,
@@ -50,11 +85,18 @@ class GatewaySource:
         root: CID,
         session: aiohttp.ClientSession,
         health: PeerHealth,
+        *,
+        peer_id: str | None = None,
+        reputation: Strikes | None = None,
+        first_byte_within: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.root = root
         self.session = session
         self.health = health
+        self.peer_id = peer_id
+        self.reputation = reputation
+        self.first_byte_within = first_byte_within
 
     @property
     def name(self) -> str:
@@ -71,13 +113,17 @@ class GatewaySource:
             async for piece in pieces:
                 yield piece
         except GatewayFetchError as e:
+            if is_lie(e.reason):
+                strike(self.reputation, self.peer_id, self.name, e.reason)
             raise SourceFault(e.reason) from None
         finally:
             await pieces.aclose()
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, *, bad_content: bool = False) -> None:
         log.warning("%s failed: %s (skipped for a while)", self.name, reason)
         self.health.failed(self.name, reason, time.monotonic())
+        if bad_content:
+            strike(self.reputation, self.peer_id, self.name, reason)
 
     def succeeded(self) -> None:
         self.health.succeeded(self.name, time.monotonic())

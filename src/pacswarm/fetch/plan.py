@@ -1,23 +1,34 @@
 """The source plan: which sources a download asks, in which order.
 
-Order: the node's own cache, then extra sources the caller names (peers that announced the
-package), then the mirrors. Within peers and within mirrors, healthy ones keep their order
-and penalised ones go last (soonest forgiven first), so a source that just lied is asked
-again only when nothing better is left. The plan is drawn afresh each time a download
-(re)starts, so it reflects what the last attempts taught.
+Order: the node's own cache, then peers (the sources a caller names for this download, then
+those ``peers(want)`` finds: the peers that announced the package, best first), then the
+mirrors. Within peers and within mirrors, healthy ones keep their order and penalised ones go
+last (soonest forgiven first), so a source that just lied is asked again only when nothing
+better is left. The plan is drawn afresh each time a download (re)starts, so it reflects what
+the last attempts taught (a peer struck out by then is no longer offered).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 from pacswarm.fetch.mirrors import MirrorSource
-from pacswarm.fetch.source import Source
+from pacswarm.fetch.source import Source, Want
 from pacswarm.upstream import Upstream
+
+log = logging.getLogger(__name__)
 
 #: Whether a source is being penalised now (by name); for sources with their own health.
 Penalised = Callable[[str, float], bool]
+#: The peers that can deliver a package, in the order to ask them (see swarm.sources).
+Peers = Callable[[Want], list[Source]]
+
+
+def no_peers(want: Want) -> list[Source]:
+    """The default: a node without a swarm asks only its cache and the mirrors."""
+    return []
 
 
 def order_by_health(sources: Sequence[Source], penalised: Penalised, now: float) -> list[Source]:
@@ -29,13 +40,27 @@ def order_by_health(sources: Sequence[Source], penalised: Penalised, now: float)
 
 class SourcePlan:
     def __init__(
-        self, cache: Callable[[], Source], upstream: Upstream, peers_penalised: Penalised
+        self,
+        cache: Callable[[], Source],
+        upstream: Upstream,
+        peers_penalised: Penalised,
+        peers: Peers = no_peers,
     ) -> None:
         self._cache = cache
         self.upstream = upstream
         self._peers_penalised = peers_penalised
+        self.peers = peers
 
-    def sources(self, extra: Sequence[Source] = ()) -> list[Source]:
+    def sources(self, want: Want, extra: Sequence[Source] = ()) -> list[Source]:
         now = time.monotonic()
         mirrors = [MirrorSource(self.upstream, m) for m in self.upstream.candidates()]
-        return [self._cache(), *order_by_health(extra, self._peers_penalised, now), *mirrors]
+        peers = [*extra, *self._peers_for(want)]
+        return [self._cache(), *order_by_health(peers, self._peers_penalised, now), *mirrors]
+
+    def _peers_for(self, want: Want) -> list[Source]:
+        """``peers(want)``, never failing the download: a broken swarm leaves the mirrors."""
+        try:
+            return list(self.peers(want))
+        except Exception:
+            log.exception("finding peers for %s failed; asking the mirrors only", want)
+            return []

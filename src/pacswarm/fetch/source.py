@@ -7,8 +7,13 @@ signature against the keyring. A source that errors, stalls, truncates or lies i
 (:meth:`Source.failed`) and the download continues at the same offset on the next one.
 
 Implementations: :class:`CacheSource` (our own verified files), :class:`MirrorSource` (one
-upstream mirror), and the peers' gateway source in :mod:`.peers`. A new kind of source is one
-new class; the download, the proxy and verification do not change.
+upstream mirror), the peers' gateway source in :mod:`.peers` and the Bitswap source in
+:mod:`pacswarm.swarm.sources`. A new kind of source is one new class; the download, the proxy
+and verification do not change.
+
+A source may set ``first_byte_within``: seconds it has to send its first byte before the
+download gives up on it and asks the next source at the same offset (peers: pacman gives up
+on a transfer after 10 s without data, so a silent peer must cost ~2 s, not a stall timeout).
 """
 
 from __future__ import annotations
@@ -63,6 +68,10 @@ class SourceFault(Exception):
 class Source(Protocol):
     """A place package bytes can come from (cache, mirror, peer)."""
 
+    #: Seconds this source may take to send its first byte from the offset asked, or None
+    #: for no such deadline (cache, mirrors: only the stall watchdog applies to them).
+    first_byte_within: float | None
+
     @property
     def name(self) -> str:
         """How logs and the user name this source (a mirror URL, ``peer http://...``)."""
@@ -80,8 +89,12 @@ class Source(Protocol):
         """
         ...
 
-    def failed(self, reason: str) -> None:
-        """This source misbehaved (error, stall, bad bytes): penalise it for a while."""
+    def failed(self, reason: str, *, bad_content: bool = False) -> None:
+        """This source misbehaved (error, stall, bad bytes): penalise it for a while.
+
+        ``bad_content``: it sent bytes of a file that failed verification (the sha256), the
+        one fault an honest source never makes; peers count it as a strike.
+        """
         ...
 
     def succeeded(self) -> None:
@@ -99,6 +112,7 @@ class CacheSource:
     """
 
     name = "cache"
+    first_byte_within: float | None = None
 
     def __init__(self, cache_path: CachePath, on_bad: BadCopy) -> None:
         self._cache_path = cache_path
@@ -128,7 +142,7 @@ class CacheSource:
         finally:
             os.close(fd)
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, *, bad_content: bool = False) -> None:
         if self._last is not None:
             log.error("cached copy of %s is bad (%s): dropping it", self._last, reason)
             self._on_bad(self._last)
