@@ -90,8 +90,8 @@ class Ledger:
 
     The file is ``{"version": 1, "day": "YYYY-MM-DD", "spent": bytes}``; another day's
     count is today's zero. An unreadable file counts as the whole budget spent today (the
-    safe side for a metered link): seeding resumes tomorrow, and the file is only
-    overwritten then, so it can still be looked at.
+    safe side for a metered link): it is moved aside to ``<name>.unreadable`` (so it can
+    still be looked at) and replaced by one saying so, and seeding resumes tomorrow.
     """
 
     def __init__(self, path: Path, budget: int, clock: Callable[[], float] = time.time) -> None:
@@ -109,33 +109,38 @@ class Ledger:
             return self._unreadable(str(e))
         day, spent = (data.get("day"), data.get("spent")) if isinstance(data, dict) else (0, 0)
         if not isinstance(day, str) or isinstance(spent, bool) or not isinstance(spent, int):
-            return self._unreadable("expected {'day': 'YYYY-MM-DD', 'spent': bytes}")
+            return self._unreadable('expected {"day": "YYYY-MM-DD", "spent": bytes}')
         return day, max(spent, 0)
 
     def _unreadable(self, why: str) -> tuple[str, int]:
         today = utc_day(self._clock())
+        aside = self.path.with_name(self.path.name + ".unreadable")
         log.warning(
-            "seed ledger %s is unreadable (%s): counting today's budget as spent; seeding "
-            "resumes tomorrow and then rewrites the file",
+            "seed ledger %s is unreadable (%s): counting today's budget as spent, seeding "
+            "resumes tomorrow; the old file is kept as %s",
             self.path,
             why,
+            aside,
         )
+        try:
+            os.replace(self.path, aside)
+            self._write(today, self.budget)
+        except OSError as e:
+            log.warning("could not replace seed ledger %s: %s", self.path, e)
         return today, self.budget
 
     def spent(self, now: float) -> int:
-        """Bytes spent on the UTC day of ``now`` (a ledger dated later counts too: the clock
-        went back, and the safe reading is that those bytes were spent today)."""
-        return self._spent if self._day >= utc_day(now) else 0
+        """Bytes spent on the UTC day of ``now``."""
+        return self._spent if self._day == utc_day(now) else 0
 
     def left(self, now: float) -> int:
         return max(self.budget - self.spent(now), 0)
 
     def charge(self, size: int, now: float) -> None:
-        """Add ``size`` bytes to today's count and write the file before returning."""
-        today = utc_day(now)
-        spent = self.spent(now) + size
-        self._write(max(today, self._day), spent)
-        self._day, self._spent = max(today, self._day), spent
+        """Add ``size`` bytes to today's count; the file is written before this returns."""
+        today, spent = utc_day(now), self.spent(now) + size
+        self._write(today, spent)
+        self._day, self._spent = today, spent
 
     def _write(self, day: str, spent: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
