@@ -131,17 +131,45 @@ def test_a_failed_download_keeps_its_charge_and_does_not_stop_the_round(tmp_path
     assert up.bytes_per_day["2026-12-02"] == 900
 
 
-def test_a_package_bigger_than_what_is_left_is_skipped_for_smaller_ones(tmp_path: Path) -> None:
+def test_the_bytes_are_on_disk_before_a_download_starts(tmp_path: Path) -> None:
+    """A crash mid-download, then a restart, must not give the day its budget back."""
     up = Upstream(Clock())
-    big, small, medium = cand("big", 5000), cand("sml", 300), cand("med", 600)
-    # The big one is what no peer holds, so it comes first, but it can never fit.
-    holders = {big.sha256: 0, small.sha256: 2, medium.sha256: 1}
+    big = cand("big", 700)
+    after_crash: list[int] = []
+
+    async def crashes_midway(c: SeedCandidate) -> bool:
+        restarted = seeder(tmp_path, [big], up)  # what a restart would read right now
+        after_crash.append(restarted.ledger.spent(NOON))
+        after_crash.append(await restarted.round())
+        return True
 
     async def main() -> None:
-        assert await seeder(tmp_path, [big, small, medium], up, holders=holders).round() == 2
+        s = seeder(tmp_path, [big, cand("two", 700)], up)
+        s._download = crashes_midway
+        await s.round()
 
     asyncio.run(main())
-    assert up.downloaded == [medium.sha256, small.sha256]
+    assert after_crash == [700, 0]
+
+
+def test_a_package_bigger_than_what_is_left_is_skipped_for_smaller_ones(tmp_path: Path) -> None:
+    up = Upstream(Clock())
+    huge, first, second, small = (
+        cand("hug", 5000),
+        cand("fst", 600),
+        cand("snd", 600),
+        cand("sml", 300),
+    )
+    # Preference order (fewest holders): huge (never fits), first, second (no longer fits
+    # once first is in), small (still fits).
+    order = [huge, first, second, small]
+    holders = {c.sha256: i for i, c in enumerate(order)}
+
+    async def main() -> None:
+        assert await seeder(tmp_path, order, up, holders=holders).round() == 2
+
+    asyncio.run(main())
+    assert up.downloaded == [first.sha256, small.sha256]
     assert up.bytes_per_day["2026-12-02"] == 900
 
 
@@ -380,7 +408,10 @@ def test_a_failing_audit_callback_does_not_stop_the_loop() -> None:
 
         a = auditor_for(audit, per_hour=3.6e6)  # mean spacing 1 ms
         task = asyncio.create_task(a.run())
-        await asyncio.wait_for(finished.wait(), 30)
+        waiter = asyncio.create_task(finished.wait())
+        await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert not task.done(), "the audit loop stopped"
+        assert waiter.done()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, PROMPT)
