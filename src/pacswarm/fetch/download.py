@@ -40,7 +40,7 @@ from pacswarm.config import Config
 from pacswarm.errors import NoSpaceError, UpstreamError, VerificationError
 from pacswarm.fetch.admit import Admission, BadBytes, Signed, StreamingCheck
 from pacswarm.fetch.mirrors import final_status
-from pacswarm.fetch.plan import SourcePlan
+from pacswarm.fetch.plan import Scope, SourcePlan
 from pacswarm.fetch.resume import Cut, CutTransfers, digest_range
 from pacswarm.fetch.source import Source, SourceFault, Want
 from pacswarm.requestpath import RequestPath
@@ -80,10 +80,18 @@ class _Reader:
 class Download:
     """One in-flight package transfer and the readers following it."""
 
-    def __init__(self, want: Want, fd: int, temp: Path, extra: Sequence[Source]) -> None:
+    def __init__(
+        self,
+        want: Want,
+        fd: int,
+        temp: Path,
+        extra: Sequence[Source],
+        scope: Scope = Scope.ALL,
+    ) -> None:
         self.want = want
         self.size = want.size
         self.extra = tuple(extra)
+        self.scope = scope
         self.fd = fd
         self.path = temp  # the temp file; the cached file once committed
         self.generation = 0
@@ -186,12 +194,16 @@ class Downloader:
     def active(self, rp: RequestPath) -> Download | None:
         return self._active.get((rp.repo, rp.arch, rp.filename))
 
-    def get_or_start(self, want: Want, extra: Sequence[Source] = ()) -> Download:
+    def get_or_start(
+        self, want: Want, extra: Sequence[Source] = (), scope: Scope = Scope.ALL
+    ) -> Download:
         """Join the running download of ``want`` or start one. Never awaits (no races).
 
         Raises :class:`NoSpaceError` when the file cannot fit on the cache filesystem.
         """
         if (dl := self._active.get(want.key)) is not None:
+            if scope is Scope.ALL:
+                dl.scope = Scope.ALL  # pacman must not depend on an audit's single peer
             return dl
         # The downloads running will fill their files too: their bytes to come are taken.
         coming = sum(d.size - d.written for d in self._active.values())
@@ -203,19 +215,21 @@ class Downloader:
                 "downloads running): free some space (or check the db's %CSIZE%)"
             )
         fd, temp = self.store.new_temp(want.rp.filename)
-        dl = Download(want, fd, temp, extra)
+        dl = Download(want, fd, temp, extra, scope)
         self._active[want.key] = dl
         task = asyncio.create_task(self._run(dl), name=f"download {want}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return dl
 
-    async def fetch(self, want: Want, extra: Sequence[Source] = ()) -> Path:
+    async def fetch(
+        self, want: Want, extra: Sequence[Source] = (), scope: Scope = Scope.ALL
+    ) -> Path:
         """Download ``want`` into the cache (or join its download); the cached path.
 
         Raises :class:`DownloadFailed` when no source delivered an admissible file.
         """
-        dl = self.get_or_start(want, extra)
+        dl = self.get_or_start(want, extra, scope)
         return await asyncio.shield(dl.done)
 
     async def close(self) -> None:
@@ -271,11 +285,19 @@ class Downloader:
         solo = False
         budget: int | None = None
         while True:
-            sources = [s for s in self.plan.sources(dl.want, dl.extra) if s.name not in refused]
+            scope = dl.scope
+            planned = self.plan.sources(dl.want, dl.extra, scope)
+            sources = [s for s in planned if s.name not in refused]
             budget = len(sources) + 1 if budget is None else budget - 1
             if budget <= 0:
                 raise UpstreamError(str(dl.rp), attempts)
-            await self._transfer(dl, sources, attempts, solo)
+            try:
+                await self._transfer(dl, sources, attempts, solo)
+            except UpstreamError:
+                if dl.scope is scope:
+                    raise
+                budget = None  # pacman joined an audit: go on with every source, same offset
+                continue
             first = await sig_task
             check, dl.check = dl.check, None
             try:

@@ -10,6 +10,7 @@ the last attempts taught (a peer struck out by then is no longer offered).
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,17 @@ def order_by_health(sources: Sequence[Source], penalised: Penalised, now: float)
     return healthy + sick
 
 
+class Scope(enum.Enum):
+    """Which sources a download may use."""
+
+    #: cache, the caller's sources, the peers that announced the file, the mirrors
+    ALL = "all"
+    #: only the caller's sources (an audit: the announcing peer's bytes, nobody else's)
+    EXTRA_ONLY = "extra-only"
+    #: cache, the caller's sources and the mirrors (seeding: upstream, for the swarm's sake)
+    NO_PEERS = "no-peers"
+
+
 class SourcePlan:
     def __init__(
         self,
@@ -51,10 +63,15 @@ class SourcePlan:
         self._peers_penalised = peers_penalised
         self.peers = peers
 
-    def sources(self, want: Want, extra: Sequence[Source] = ()) -> list[Source]:
+    def sources(
+        self, want: Want, extra: Sequence[Source] = (), scope: Scope = Scope.ALL
+    ) -> list[Source]:
         now = time.monotonic()
+        if scope is Scope.EXTRA_ONLY:
+            return list(extra)
         mirrors = [MirrorSource(self.upstream, m) for m in self.upstream.candidates()]
-        peers = [*extra, *self._peers_for(want)]
+        found = self._peers_for(want) if scope is Scope.ALL else []
+        peers = [*extra, *found]
         return [self._cache(), *order_by_health(peers, self._peers_penalised, now), *mirrors]
 
     def _peers_for(self, want: Want) -> list[Source]:

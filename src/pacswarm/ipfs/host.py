@@ -65,6 +65,7 @@ from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipfs.pubsub import PubsubService
 from pacswarm.ipfs.reqresp import RequestService
+from pacswarm.swarm.access import Access
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class P2PHost:
         *,
         window: int = DEFAULT_WINDOW,
         bridge: TrioBridge | None = None,
+        access: Access | None = None,
         peer_filter: Callable[[str], bool] | None = None,
     ) -> None:
         _quiet_libp2p_logs()
@@ -180,6 +182,7 @@ class P2PHost:
         self.pubsub = PubsubService(self.bridge)
         self.requests = RequestService(self.bridge)
         self._peer_filter = peer_filter
+        self._access = access
         self._loop: asyncio.AbstractEventLoop | None = None
         # Peer snapshots for the asyncio side, written on the trio thread under _lock.
         self._lock = threading.Lock()
@@ -231,7 +234,7 @@ class P2PHost:
         host = _build_host(self._key, listen, self._mdns)
         self.libp2p_host = host
         self.dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
-        self.bitswap = BitswapEngine(host, self.blocks)
+        self.bitswap = BitswapEngine(host, self.blocks, self._access)
         pubsub, router = self.pubsub.build(host)
         self.requests.attach(host)
         try:

@@ -9,11 +9,13 @@ the cache (and the node's announced set) only when verified.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from typing import TYPE_CHECKING
 
 from pacswarm.fetch.download import DownloadFailed
+from pacswarm.fetch.plan import Scope
 from pacswarm.fetch.source import Want
 from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.swarm.audit import Auditor, pick_audit
@@ -67,7 +69,9 @@ class Duties:
             for repo, arch in swarm.dbs.indexed()
             for entry in swarm.cache.peer_entries(peer, repo, arch)
         ]
-        return pick_audit(candidates, swarm.config.audit.max_size, swarm.rng)
+        return pick_audit(
+            candidates, swarm.config.audit.max_size, swarm.rng, self.auditor.last_audited()
+        )
 
     async def _audit(self, peer: str, repo: str, arch: str, entry: Entry) -> bool:
         swarm = self.swarm
@@ -75,7 +79,7 @@ class Duties:
         if record is None or not swarm.believe(repo, arch, entry):
             return True  # the db moved on: nothing to hold against the peer
         rp = RequestPath(repo, arch, entry.filename, FileKind.PACKAGE)
-        own = swarm.own.cid_of(repo, arch, entry.filename) if swarm.own else None
+        own = self._own_cid(repo, arch, entry.sha256)
         if own is not None:
             # We verified this file ourselves: its CID is known, so a different one is a lie.
             if own != entry.cid:
@@ -86,17 +90,27 @@ class Duties:
             return True
         want = Want(rp, record)
         sources = swarm.sources(want, peers={peer})
-        if not sources:
-            return True  # gone meanwhile; not a failure of the peer
-        swarm.why[(repo, arch, entry.filename)] = "audited"
+        if not sources or self.downloader.active(rp) is not None:
+            return True  # gone meanwhile, or pacman is fetching it: no verdict on the peer
+        swarm.why[want.key] = "audited"
+        dl = self.downloader.get_or_start(want, sources, Scope.EXTRA_ONLY)
         try:
-            await self.downloader.fetch(want, extra=sources, only_extra=True)
+            await asyncio.shield(dl.done)
         except DownloadFailed as e:
-            swarm.why.pop((repo, arch, entry.filename), None)
+            swarm.why.pop(want.key, None)
             log.info("swarm: audit of %s from %s failed: %s", entry.filename, peer, e)
             return False
+        names = {s.name for s in sources}
+        if not set(dl.sources) <= names:  # pacman joined and a mirror finished it
+            return True
         log.info("swarm: audit of %s from %s passed", entry.filename, peer)
         return True
+
+    def _own_cid(self, repo: str, arch: str, sha256: str) -> str | None:
+        own = self.swarm.own
+        if own is None:
+            return None
+        return next((e.cid for e in own.announced(repo, arch, "all") if e.sha256 == sha256), None)
 
     # -- seeding -----------------------------------------------------------------------------
 
@@ -122,7 +136,7 @@ class Duties:
         rp = RequestPath(candidate.repo, candidate.arch, candidate.filename, FileKind.PACKAGE)
         self.swarm.why[(rp.repo, rp.arch, rp.filename)] = "seeded"
         try:
-            await self.downloader.fetch(Want(rp, record), use_peers=False)
+            await self.downloader.fetch(Want(rp, record), scope=Scope.NO_PEERS)
         except DownloadFailed as e:
             self.swarm.why.pop((rp.repo, rp.arch, rp.filename), None)
             log.info("swarm: seeding %s failed: %s", candidate.filename, e)

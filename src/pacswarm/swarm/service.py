@@ -98,9 +98,7 @@ class Swarm:
         self.host = host
         self.gossip.gateway_port = gateway_port
         host.requests.serve(INVENTORY_PROTOCOL, self.inventory.answer, *self.inventory.limits())
-        host.watch_peers(self._on_connect, self._on_disconnect)
-        for peer in host.connected_peers():  # bootstrap peers dialled before we watched
-            self._on_connect(peer)
+        host.watch_peers(self._on_connect, self._on_disconnect)  # reports bootstrap peers too
         for repo, arch in self.dbs.indexed():
             await self._join(repo, arch)
         self.background(self._housekeeping())
