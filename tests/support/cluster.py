@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 from pacswarm.ipfs.identity import peer_id_of
 from tests.support import gpg
 from tests.support.mirror import MirrorServer
-from tests.support.node import PacswarmNode
+from tests.support.node import PacswarmNode, free_port
 from tests.support.pacman import PacmanEnv
 
 #: Where the swarm glue keeps its announcement cache, relative to the data dir (the lead's
@@ -74,12 +75,17 @@ class SwarmNode(PacswarmNode):
         super().__init__(data_dir, mirrors, gpgdir, extra_config=extra_config)
         #: Multiaddrs dialled at start (a list, so a restart can point elsewhere).
         self.bootstrap = list(bootstrap)
+        # Fixed ports, like a real machine's 4001/4080: a restarted node is where it was, so
+        # peers' bootstrap lists and remembered gateway ports stay right.
+        self.p2p_port, self.gateway_port = free_port(), free_port()
         self.pacman = PacmanEnv(
             data_dir.parent / f"{name}-pacman", [self.url_template], pacman_gpgdir
         )
 
     def command(self) -> list[str]:
         argv = super().command()
+        argv += ["--p2p-listen", f"/ip4/127.0.0.1/tcp/{self.p2p_port}"]
+        argv += ["--gateway-listen", f"127.0.0.1:{self.gateway_port}"]
         for addr in self.bootstrap:
             argv += ["--bootstrap", addr]
         return argv
@@ -106,16 +112,30 @@ class SwarmNode(PacswarmNode):
         wanted = [w.lower() for w in words]
         return [line for line in self.log().splitlines() if all(w in line.lower() for w in wanted)]
 
-    def install(self, *packages: str, timeout: float = 180) -> str:
-        """``pacman -S`` (after ``-Sy``) on this node's pacman; the output, or AssertionError."""
+    def sync(self, timeout: float = 120) -> None:
+        """``pacman -Sy`` on this node's pacman (the node fetches the dbs)."""
         sync = self.pacman.run("-Sy", timeout=timeout)
         assert sync.returncode == 0, f"{self.name}: pacman -Sy failed:\n{sync.stdout}"
+
+    def install(self, *packages: str, sync: bool = True, timeout: float = 180) -> str:
+        """``pacman -S`` (after ``-Sy`` unless ``sync=False``); the output, or AssertionError."""
+        if sync:
+            self.sync(timeout)
         result = self.pacman.run("-S", *packages, timeout=timeout)
         assert result.returncode == 0, (
             f"{self.name}: pacman -S {' '.join(packages)} failed:\n{result.stdout}\n"
             f"--- {self.name} log tail ---\n{tail(self.log())}"
         )
         return result.stdout
+
+    def start_pacman(self, *args: str) -> subprocess.Popen[str]:
+        """pacman in the background (to act while it downloads); ``communicate()`` it, then
+        :meth:`close` kills its gpg-agent."""
+        self.pacman.unlock()
+        return subprocess.Popen(
+            self.pacman.command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, text=True, env=gpg.gpg_env(),
+        )  # fmt: skip
 
     def close(self) -> None:
         """Stop the node and kill the gpg-agents of its keyrings (safe to call twice)."""
@@ -138,6 +158,10 @@ class Cluster:
         self.mirrors = list(mirrors)
         self.keyring = keyring
         self.nodes: dict[str, SwarmNode] = {}
+
+    def identity(self, name: str) -> str:
+        """The peer ID node ``name`` will have (made now, so allowlists can name it)."""
+        return make_identity(self.base / name)
 
     def add(
         self,

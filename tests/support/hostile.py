@@ -20,9 +20,10 @@ What it can do (flags combine):
 * ``--bogus N``: also announce N sha256s that are in no db (never to be believed).
 * ``--garbage-rate R`` / ``--flood-rate R``: publish R random-byte messages per second, or R
   well-formed news per second full of bogus entries (a topic flood).
-* ``--gateway consistent|random|wrong-blocks|stall|none``: what its Trustless Gateway answers
-  to every ``/ipfs/`` request: its garbage DAG, random bytes, a CAR whose blocks do not match
-  their CIDs, or a few bytes and then silence.
+* ``--gateway consistent|slow|random|wrong-blocks|stall|none``: what its Trustless Gateway
+  answers to every ``/ipfs/`` request: its DAG (``slow``: at 2 MiB/s, logging its progress
+  so a test can kill it mid-transfer), random bytes, a CAR whose blocks do not match their
+  CIDs, or a few bytes and then silence.
 * Bitswap serves the garbage DAG's blocks (or nothing with ``--gateway stall``).
 
 When ready it prints one JSON line on stdout: ``{"peer_id", "addrs", "gateway_port"}``.
@@ -53,11 +54,12 @@ from pacswarm.ipfs.bitswap import MemoryBlocks
 from pacswarm.ipfs.car import encode_frame, encode_header
 from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.host import P2PHost
-from pacswarm.ipfs.unixfs import decode_file_node, import_bytes, import_stream
+from pacswarm.ipfs.unixfs import decode_file_node, import_bytes
 from pacswarm.repodb import parse_repo_db_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-GATEWAY_MODES = ("consistent", "random", "wrong-blocks", "stall", "none")
+GATEWAY_MODES = ("consistent", "slow", "random", "wrong-blocks", "stall", "none")
+SLOW_RATE = 2 * 1024 * 1024  # bytes/s of "slow": a peer on a modest link
 STALL_BYTES = 64  # what a staller sends before going silent
 
 
@@ -149,10 +151,8 @@ def build_lies(args: argparse.Namespace) -> Lies:
 
 
 def _real_dag(packages: Path, filename: str) -> Dag:
-    path = next(packages.rglob(filename))
-    with path.open("rb") as fh:
-        result = import_stream(fh)
-    return Dag(result.root, result.size)  # its blocks are never served: a staller's cover
+    """The true DAG of a package (what an honest peer serves), from the mirror's copy."""
+    return dag_of(next(packages.rglob(filename)).read_bytes())
 
 
 # -- the gateway -----------------------------------------------------------------------------
@@ -185,9 +185,15 @@ def gateway_app(lies: Lies, mode: str) -> web.Application:
             await resp.write(dag.blocks[cid])
             return resp
         await resp.write(encode_header(cid))
+        sent = 0
         for block_cid, block in dag.walk(cid):
             body = os.urandom(len(block)) if mode == "wrong-blocks" else block
             await resp.write(encode_frame(block_cid, body))
+            sent += len(body)
+            if mode == "slow":
+                # Tests wait for this line to kill the peer mid-transfer.
+                print(f"hostile: sent {sent} bytes of {cid}", file=sys.stderr, flush=True)
+                await asyncio.sleep(len(body) / SLOW_RATE)
         return resp
 
     app = web.Application()
@@ -402,6 +408,15 @@ class HostileNode:
                 proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+    def kill9(self) -> None:
+        """SIGKILL, as a crash or a pulled plug: no goodbye to its peers."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc = None
 
     def log(self) -> str:
         try:
