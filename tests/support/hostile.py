@@ -24,7 +24,8 @@ What it can do (flags combine):
   answers to every ``/ipfs/`` request: its DAG (``slow``: at 2 MiB/s, logging its progress
   so a test can kill it mid-transfer), random bytes, a CAR whose blocks do not match their
   CIDs, or a few bytes and then silence.
-* Bitswap serves the garbage DAG's blocks (or nothing with ``--gateway stall``).
+* Bitswap serves its DAGs' blocks (nothing with ``--gateway stall`` or ``slow``: then the
+  gateway is the only way to its bytes).
 
 When ready it prints one JSON line on stdout: ``{"peer_id", "addrs", "gateway_port"}``.
 It runs until SIGTERM (or ``--duration``); counts go to stderr at exit.
@@ -294,7 +295,8 @@ async def serve(args: argparse.Namespace) -> None:
 
     lies, n = build_lies(args), Counts()
     blocks = MemoryBlocks()
-    if args.gateway != "stall":
+    # A staller or a slow peer is only reachable through its gateway: no quick way around.
+    if args.gateway not in ("stall", "slow"):
         for dag in lies.dags.values():
             for cid, block in dag.blocks.items():
                 blocks.put(cid, block)
