@@ -72,6 +72,8 @@ PACMAN_TIMEOUT = 600.0
 #: Package sizes in MiB, cycled over the 20 packages (a mix like a real update).
 SIZES = (1, 2, 4, 8, 16)
 QUICK_SIZES = (1, 1, 2, 4)
+#: The test harness logs at debug level; a benchmark measures the node, not its logging.
+QUIET = ("--log-level", "info")
 
 _ORIGIN_LOGGED = """    log_format bytes '$request_uri $status $body_bytes_sent';
     server {{
@@ -304,7 +306,7 @@ def run_cluster(
     from tests.support.cluster import wait_known
 
     names = [p.name for p in pkgs]
-    nodes = [cluster.add(f"node{i + 1}") for i in range(NODES)]
+    nodes = [cluster.add(f"node{i + 1}", args=QUIET) for i in range(NODES)]
     for node in nodes:
         node.pacman.repos = (REPO,)
         node.pacman.write_config()
@@ -332,7 +334,7 @@ def run_throughput(
     paths = [p.path for p in pkgs]
     total = sum(p.size for p in pkgs)
     for rep in range(s.reps):
-        fresh = cluster.add(f"fresh{rep}", bootstrap=[cluster["node1"]])
+        fresh = cluster.add(f"fresh{rep}", bootstrap=[cluster["node1"]], args=QUIET)
         get_once(fresh.port, db_path(), timeout=60)  # the db, as pacman -Sy would fetch it
         wait_known(fresh, [p.sha256 for p in pkgs])
         mark = origin.mark()

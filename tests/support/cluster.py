@@ -78,6 +78,8 @@ class SwarmNode(PacswarmNode):
         # Fixed ports, like a real machine's 4001/4080: a restarted node is where it was, so
         # peers' bootstrap lists and remembered gateway ports stay right.
         self.p2p_port, self.gateway_port = free_port(), free_port()
+        #: More command-line flags (they override the config file: ``--log-level info``).
+        self.extra_args: list[str] = []
         self.pacman = PacmanEnv(
             data_dir.parent / f"{name}-pacman", [self.url_template], pacman_gpgdir
         )
@@ -88,7 +90,7 @@ class SwarmNode(PacswarmNode):
         argv += ["--gateway-listen", f"127.0.0.1:{self.gateway_port}"]
         for addr in self.bootstrap:
             argv += ["--bootstrap", addr]
-        return argv
+        return argv + self.extra_args
 
     def start(self, timeout: float = 30.0) -> SwarmNode:
         """Start; a stale ``config.json`` of the previous run must not pass for this one's."""
@@ -170,6 +172,7 @@ class Cluster:
         bootstrap: Iterable[SwarmNode] | None = None,
         tables: Mapping[str, Mapping[str, TableValue]] | None = None,
         extra: str = "",
+        args: Sequence[str] = (),
         start: bool = True,
     ) -> SwarmNode:
         """A node bootstrapping to ``bootstrap`` (default: the first node added, if any)."""
@@ -185,6 +188,7 @@ class Cluster:
             bootstrap=boot,
             extra_config=extra + toml_tables(tables or {}),
         )
+        node.extra_args = list(args)
         self.nodes[name] = node
         return node.start() if start else node
 
