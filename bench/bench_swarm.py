@@ -1,0 +1,450 @@
+"""Benchmark: five pacswarm nodes each installing the same 20 packages, against five pacman
+clients on the mirror directly, in the same run (issue 7's "Benchmark").
+
+Printed, as ratios next to their targets (never pass/fail):
+
+* upstream bytes / unique package bytes: what the mirror sent for the packages, over the sum
+  of their sizes. Five direct clients: 5.0. The cluster: target <= 1.05.
+* the cluster's wall time against five pacman clients downloading from the mirror directly
+  (staggered: node 1's install plus the other four's, not the wait for announcements between).
+* peer transfer throughput: a fresh node GETs every package while only peers have them
+  (through its pacman-facing port), against the same GETs from nginx serving the files.
+
+The mirror is a static nginx with an access log (bytes sent per request); the packages are
+real pacman packages (``.PKGINFO`` + incompressible payload, zstd, detached signatures) so
+the real pacman installs them. The cluster runs staggered by default (node 1 installs, then
+nodes 2-5 at once, as a household's machines update one after another); ``--together`` starts
+all five at once.
+
+    .venv/bin/python bench/bench_swarm.py [--quick] [--together] [--reps 3]
+
+Everything lives in a temp dir; every process started (nginx, pacswarm nodes, gpg-agents) is
+stopped on exit, also on Ctrl-C, SIGTERM or when the time limit is reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchprocs import OutOfTime, Registry, install_stop_signals, wait_ready
+from benchrepo import (
+    ARCH,
+    REPO,
+    Keys,
+    Package,
+    check_trust,
+    db_path,
+    kill_agents,
+    make_keys,
+    repo_dir,
+    write_db,
+)
+from benchservers import _start_nginx, free_port
+from httpclient import get_once
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.support.cluster import Cluster
+    from tests.support.pacman import PacmanEnv
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # tests.support: the same real-pacman and node helpers as tests
+    sys.path.insert(0, str(ROOT))
+
+MiB = 1 << 20
+NODES = 5
+PACMAN_TIMEOUT = 600.0
+#: Package sizes in MiB, cycled over the 20 packages (a mix like a real update).
+SIZES = (1, 2, 4, 8, 16)
+QUICK_SIZES = (1, 1, 2, 4)
+#: The test harness logs at debug level; a benchmark measures the node, not its logging.
+QUIET = ("--log-level", "info")
+
+_ORIGIN_LOGGED = """    log_format bytes '$request_uri $status $body_bytes_sent';
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        access_log {log} bytes;
+    }}"""
+
+
+@dataclass
+class Settings:
+    count: int
+    sizes: tuple[int, ...]
+    reps: int
+    together: bool
+    time_limit: float
+    tmpdir: str | None
+    keep: bool
+    direct_only: bool
+
+
+@dataclass
+class Results:
+    unique: int = 0
+    direct_bytes: int = 0
+    direct_wall: float = 0.0
+    cluster_bytes: int = 0
+    cluster_wall: float = 0.0
+    peer_mbps: list[float] = field(default_factory=list)
+    nginx_mbps: list[float] = field(default_factory=list)
+    peer_upstream: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller packages, 1 throughput rep")
+    p.add_argument("--packages", type=int, default=20, help="packages each node installs (20)")
+    p.add_argument("--together", action="store_true", help="all five nodes install at once")
+    p.add_argument("--reps", type=int, help="peer throughput repetitions (3, quick 1)")
+    p.add_argument("--time-limit", type=float, help="seconds for the whole run (900, quick 400)")
+    p.add_argument("--tmpdir", help="where to create the temp dir (default: system temp)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    p.add_argument("--direct-only", action="store_true", help="only the direct baseline")
+    a = p.parse_args(argv)
+    return Settings(
+        count=max(1, a.packages),
+        sizes=QUICK_SIZES if a.quick else SIZES,
+        reps=a.reps or (1 if a.quick else 3),
+        together=a.together,
+        time_limit=a.time_limit or (400.0 if a.quick else 900.0),
+        tmpdir=a.tmpdir,
+        keep=a.keep,
+        direct_only=a.direct_only,
+    )
+
+
+# -- the repository: real, installable packages -----------------------------------------------
+
+
+def _pkginfo(name: str, payload: int) -> bytes:
+    lines = [
+        f"pkgname = {name}",
+        f"pkgbase = {name}",
+        "pkgver = 1.0-1",
+        "pkgdesc = pacswarm swarm benchmark package",
+        "url = https://pacswarm.test/",
+        f"builddate = {int(time.time())}",
+        "packager = pacswarm bench <packager@bench.invalid>",
+        f"size = {payload}",
+        f"arch = {ARCH}",
+        "license = MIT",
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes | None, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime, info.mode, info.uname, info.gname = int(time.time()), mode, "root", "root"
+    if data is None:
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    else:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def write_package(keys: Keys, directory: Path, name: str, payload: int) -> Package:
+    """``name``: a tar of .PKGINFO and ``payload`` random bytes, zstd'd and signed."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        _add(tar, ".PKGINFO", _pkginfo(name, payload), 0o644)
+        for folder in ("usr", "usr/share", f"usr/share/{name}"):
+            _add(tar, folder, None, 0o755)
+        _add(tar, f"usr/share/{name}/blob.bin", os.urandom(payload), 0o644)
+    path = directory / f"{name}-1.0-1-{ARCH}.pkg.tar.zst"
+    zstd = subprocess.run(
+        ["zstd", "-1", "-q", "-c"], input=raw.getvalue(), capture_output=True, check=True
+    )
+    path.write_bytes(zstd.stdout)
+    argv = ["gpg", "--homedir", str(keys.packager_home), "--batch", "--local-user"]
+    subprocess.run(
+        [*argv, keys.packager_fpr, "--detach-sign", "-o", f"{path}.sig", str(path)],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    return Package(name, path.stat().st_size, hashlib.sha256(zstd.stdout).hexdigest())
+
+
+def build_repo(s: Settings, tmp: Path, homes: list[Path]) -> tuple[Keys, list[Package]]:
+    t0 = time.monotonic()
+    keys = make_keys(tmp / "keys", homes)
+    directory = repo_dir(tmp / "origin")
+    directory.mkdir(parents=True)
+    pkgs = [
+        write_package(keys, directory, f"swarm{i + 1}", s.sizes[i % len(s.sizes)] * MiB)
+        for i in range(s.count)
+    ]
+    write_db(tmp / "origin", pkgs)
+    check_trust(keys, directory / pkgs[0].filename)
+    total = sum(p.size for p in pkgs)
+    print(f"repo: {len(pkgs)} packages, {total / MiB:.0f} MiB, {time.monotonic() - t0:.1f} s")
+    return keys, pkgs
+
+
+# -- the mirror and what it sent -----------------------------------------------------------------
+
+
+class LoggedOrigin:
+    """Static nginx with a per-request byte log: the bench's upstream meter."""
+
+    def __init__(self, reg: Registry, prefix: Path, root: Path) -> None:
+        self.port = free_port()
+        self.log = prefix / "access.log"
+        body = _ORIGIN_LOGGED.format(port=self.port, root=root, log=self.log)
+        self.proc = _start_nginx(reg, "nginx origin", prefix, body)
+        wait_ready(self.proc, self.port, db_path())
+        self.url_template = f"http://127.0.0.1:{self.port}/$repo/os/$arch"
+
+    def mark(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def package_bytes(self, since: int) -> int:
+        """Body bytes of package files sent since the ``mark()`` ``since`` (log order)."""
+        time.sleep(0.2)  # nginx writes the line when the response is done
+        with self.log.open("rb") as fh:
+            fh.seek(since)
+            text = fh.read().decode(errors="replace")
+        total = 0
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0].endswith(".pkg.tar.zst"):
+                total += int(parts[2])
+        return total
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+
+def pacman_env(base: Path, server: str, keys: Keys, homes: list[Path]) -> PacmanEnv:
+    from tests.support.gpg import copy_homedir
+    from tests.support.pacman import PacmanEnv
+
+    gpgdir = copy_homedir(keys.gpgdir, base.with_name(base.name + "-gnupg"))
+    homes.append(gpgdir)
+    return PacmanEnv(base, [server], gpgdir, repos=(REPO,))
+
+
+def install(env: PacmanEnv, names: list[str]) -> None:
+    for args in (("-Sy",), ("-S", *names)):
+        result = env.run(*args, timeout=PACMAN_TIMEOUT)
+        if result.returncode != 0:
+            raise RuntimeError(f"pacman {' '.join(args[:1])} failed:\n{result.stdout[-3000:]}")
+
+
+def in_parallel(jobs: list[Callable[[], None]]) -> float:
+    """Run the callables at once in threads; wall seconds; the first error re-raised."""
+    errors: list[BaseException] = []
+
+    def run(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # reported below, in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(job,), daemon=True) for job in jobs]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - t0
+
+
+def run_direct(
+    tmp: Path,
+    origin: LoggedOrigin,
+    keys: Keys,
+    pkgs: list[Package],
+    homes: list[Path],
+    res: Results,
+) -> None:
+    names = [p.name for p in pkgs]
+    envs = [pacman_env(tmp / f"direct{i}", origin.url_template, keys, homes) for i in range(NODES)]
+    mark = origin.mark()
+    res.direct_wall = in_parallel([lambda e=e: install(e, names) for e in envs])
+    res.direct_bytes = origin.package_bytes(mark)
+    print(f"direct: {NODES} pacman clients in {res.direct_wall:.1f} s", flush=True)
+
+
+def start_cluster(tmp: Path, origin: LoggedOrigin, keys: Keys, homes: list[Path]) -> Cluster:
+    from tests.support.cluster import Cluster
+    from tests.support.gpg import copy_homedir
+
+    def keyring(dest: Path) -> Path:
+        homes.append(dest)
+        return copy_homedir(keys.gpgdir, dest)
+
+    cluster = Cluster(tmp / "cluster", [origin.url_template], keyring)
+    cluster.base.mkdir()
+    return cluster
+
+
+def run_cluster(
+    s: Settings, cluster: Cluster, origin: LoggedOrigin, pkgs: list[Package], res: Results
+) -> None:
+    from tests.support.cluster import wait_known
+
+    names = [p.name for p in pkgs]
+    nodes = [cluster.add(f"node{i + 1}", args=QUIET) for i in range(NODES)]
+    for node in nodes:
+        node.pacman.repos = (REPO,)
+        node.pacman.write_config()
+    mark = origin.mark()
+    if s.together:
+        res.cluster_wall = in_parallel([lambda n=n: install(n.pacman, names) for n in nodes])
+    else:
+        # Node 1's install, then the others' at once; the wait for node 1's announcements in
+        # between is not counted (the other machines update "later").
+        res.cluster_wall = in_parallel([lambda: install(nodes[0].pacman, names)])
+        for node in nodes[1:]:
+            node.sync()
+            wait_known(node, [p.sha256 for p in pkgs], holder=nodes[0].peer_id)
+        res.cluster_wall += in_parallel([lambda n=n: install(n.pacman, names) for n in nodes[1:]])
+    res.cluster_bytes = origin.package_bytes(mark)
+    print(f"cluster: {NODES} pacswarm nodes in {res.cluster_wall:.1f} s", flush=True)
+
+
+def run_throughput(
+    s: Settings, cluster: Cluster, origin: LoggedOrigin, pkgs: list[Package], res: Results
+) -> None:
+    """A fresh node per repetition GETs every package; only peers have them (upstream shows)."""
+    from tests.support.cluster import wait_known
+
+    paths = [p.path for p in pkgs]
+    total = sum(p.size for p in pkgs)
+    for rep in range(s.reps):
+        fresh = cluster.add(f"fresh{rep}", bootstrap=[cluster["node1"]], args=QUIET)
+        get_once(fresh.port, db_path(), timeout=60)  # the db, as pacman -Sy would fetch it
+        wait_known(fresh, [p.sha256 for p in pkgs])
+        mark = origin.mark()
+        res.peer_mbps.append(_get_all(fresh.port, paths, total))
+        res.peer_upstream += origin.package_bytes(mark)
+        res.nginx_mbps.append(_get_all(origin.port, paths, total))
+        fresh.close()
+        print(f"  rep {rep + 1}: peers {res.peer_mbps[-1]:.0f} MB/s, "
+              f"nginx {res.nginx_mbps[-1]:.0f} MB/s", flush=True)  # fmt: skip
+
+
+def _get_all(port: int, paths: list[str], total: int) -> float:
+    t0 = time.perf_counter()
+    for path in paths:
+        fetch = get_once(port, path, timeout=120)
+        if fetch.status != 200:
+            raise RuntimeError(f"GET {path} on port {port}: HTTP {fetch.status}")
+    return total / (time.perf_counter() - t0) / 1e6
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def report(res: Results, stopped: str) -> None:
+    def ratio(nbytes: int) -> str:
+        return f"{nbytes / res.unique:.2f}" if res.unique else "-"
+
+    print("\nupstream bytes / unique package bytes")
+    print(f"  {NODES} pacman clients on the mirror:  {ratio(res.direct_bytes):>6}   (expected 5.0)")
+    if res.cluster_bytes or res.cluster_wall:
+        print(
+            f"  {NODES} pacswarm nodes:                {ratio(res.cluster_bytes):>6}   "
+            "(target <= 1.05)"
+        )
+    if res.cluster_wall and res.direct_wall:
+        print(f"\ncluster wall time / direct wall time: {res.cluster_wall / res.direct_wall:.2f} "
+              f"({res.cluster_wall:.1f} s vs {res.direct_wall:.1f} s)")  # fmt: skip
+    if res.peer_mbps:
+        peer, ngx = _median(res.peer_mbps), _median(res.nginx_mbps)
+        print(f"\npeer transfer (fresh node, peers only): {peer:.0f} MB/s; nginx static: "
+              f"{ngx:.0f} MB/s; ratio {peer / ngx:.2f}; upstream during it: "
+              f"{res.peer_upstream} B")  # fmt: skip
+    for note in res.notes:
+        print(f"\nnote: {note}")
+    if stopped:
+        print(f"\nstopped early: {stopped}")
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def run_all(
+    s: Settings, tmp: Path, reg: Registry, homes: list[Path], res: Results, box: list[Cluster]
+) -> None:
+    deadline = time.monotonic() + s.time_limit
+    keys, pkgs = build_repo(s, tmp, homes)
+    res.unique = sum(p.size for p in pkgs)
+    origin = LoggedOrigin(reg, tmp / "nginx-origin", tmp / "origin")
+    run_direct(tmp, origin, keys, pkgs, homes, res)
+    if s.direct_only:
+        return
+    try:
+        import pacswarm.swarm.service  # noqa: F401
+    except ImportError:
+        res.notes.append("pacswarm.swarm.service is missing: no swarm to measure")
+        return
+    cluster = start_cluster(tmp, origin, keys, homes)
+    box.append(cluster)
+    run_cluster(s, cluster, origin, pkgs, res)
+    if time.monotonic() > deadline:
+        raise OutOfTime(f"time limit of {s.time_limit:.0f} s reached")
+    run_throughput(s, cluster, origin, pkgs, res)
+
+
+def main(argv: list[str] | None = None) -> int:
+    s = parse_args(argv)
+    install_stop_signals()
+    signal.alarm(int(s.time_limit) + 120)
+    tmp = Path(tempfile.mkdtemp(prefix="pacswarm-bench-swarm-", dir=s.tmpdir))
+    reg, homes, res = Registry(), list[Path](), Results()
+    box: list[Cluster] = []
+    stopped, code = "", 0
+    try:
+        run_all(s, tmp, reg, homes, res, box)
+    except (KeyboardInterrupt, OutOfTime) as e:
+        stopped = str(e) or type(e).__name__
+    except Exception as e:
+        stopped, code = f"error: {e!r}", 1
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.alarm(0)
+        for cluster in box:
+            try:
+                cluster.stop()
+            except Exception as e:
+                print(f"warning: {e}")
+        reg.stop_all()
+        kill_agents(homes)
+        if s.keep:
+            print(f"temp dir kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    report(res, stopped)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
