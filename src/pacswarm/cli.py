@@ -92,6 +92,10 @@ def _logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Libraries under py-libp2p log every multiaddr decode and yamux frame at debug: that
+    # drowns pacswarm's own debug lines (and the disk). Their warnings still show.
+    for noisy in ("multiaddr", "libp2p", "async_service", "zeroconf"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def cmd_init(config: Config) -> int:

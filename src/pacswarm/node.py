@@ -107,6 +107,7 @@ class Node:
             self.upstream,
             self.peer_health.penalised,
             peers=self.swarm.sources,
+            peers_ready=self.swarm.ready,
         )
         admission = Admission(self.store, self.upstream, GpgVerifier(config.gpgdir), self.events)
         self.downloader = Downloader(self.store, plan, admission, config)

@@ -106,10 +106,13 @@ def test_peers_serve_the_cluster_and_the_mirror_sends_each_package_once(
     b, c = cluster.add("b"), cluster.add("c")  # both bootstrap to a
     a.install(*INSTALL)
     refuse_packages(mirror)
-    for node in (b, c):
-        wait_known(node, _shas(test_repo), holder=a.peer_id)
+    # b: a fresh node's first `pacman -Sy` and install in one run: it learns what a holds
+    # from the inventory pull its new dbs start, before its downloads plan their sources.
     b.install(*INSTALL)
-    c.install(*INSTALL)
+    # c: synced first; announcements match no package before that, so it believes them now.
+    c.sync()
+    wait_known(c, _shas(test_repo), holder=a.peer_id)
+    c.install(*INSTALL, sync=False)
     for node in (a, b, c):
         _assert_has_real_packages(node, test_repo)
         assert node.pacman.installed_file("usr/bin/extratool-pacswarm").exists()

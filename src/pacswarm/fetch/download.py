@@ -242,6 +242,8 @@ class Downloader:
     async def _run(self, dl: Download) -> None:
         sig_task = asyncio.create_task(self._first_signature(dl))
         try:
+            if dl.scope is Scope.ALL:
+                await self.plan.ready(dl.want)
             signed = await self._until_admitted(dl, sig_task)
         except (UpstreamError, VerificationError, OSError) as e:
             await self._fail(dl, str(e))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from pacswarm.fetch.mirrors import MirrorSource
 from pacswarm.fetch.source import Source, Want
@@ -27,9 +27,17 @@ Penalised = Callable[[str, float], bool]
 Peers = Callable[[Want], list[Source]]
 
 
+#: Waits until the peers of a package are known well enough to plan (bounded by the caller).
+PeersReady = Callable[[Want], Awaitable[None]]
+
+
 def no_peers(want: Want) -> list[Source]:
     """The default: a node without a swarm asks only its cache and the mirrors."""
     return []
+
+
+async def always_ready(want: Want) -> None:
+    return None
 
 
 def order_by_health(sources: Sequence[Source], penalised: Penalised, now: float) -> list[Source]:
@@ -57,11 +65,20 @@ class SourcePlan:
         upstream: Upstream,
         peers_penalised: Penalised,
         peers: Peers = no_peers,
+        peers_ready: PeersReady = always_ready,
     ) -> None:
         self._cache = cache
         self.upstream = upstream
         self._peers_penalised = peers_penalised
         self.peers = peers
+        self._peers_ready = peers_ready
+
+    async def ready(self, want: Want) -> None:
+        """Before the first plan of a download: a moment for the swarm to know its peers."""
+        try:
+            await self._peers_ready(want)
+        except Exception:
+            log.exception("waiting for the peers of %s failed; planning without", want)
 
     def sources(
         self, want: Want, extra: Sequence[Source] = (), scope: Scope = Scope.ALL

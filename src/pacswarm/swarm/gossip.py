@@ -124,12 +124,14 @@ class Gossip:
             )
         return False
 
-    def deliver(self, origin: str, data: bytes) -> None:
-        """A validated message (asyncio loop)."""
+    def deliver(self, origin: str, data: bytes, topic: tuple[str, str]) -> None:
+        """A validated message that came on ``topic`` (repo, arch) (asyncio loop)."""
         try:
             news = decode_news(data)
-        except ProtocolError:  # validated already; a different origin field cannot matter
+        except ProtocolError:  # validated already
             return
+        if (news.repo, news.arch) != topic:
+            return  # news for another repo sent on this topic: a confused or hostile sender
         self._on_news(origin, news)
 
     # -- outgoing ----------------------------------------------------------------------------

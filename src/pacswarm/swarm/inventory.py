@@ -101,6 +101,11 @@ class Inventory:
                 del self._last_pull[old]
         self.swarm.background(self.pull(peer, repo, arch))
 
+    async def pull_once(self, peer: str, repo: str, arch: str) -> int:
+        """:meth:`pull` now (and counted for :meth:`pull_soon`'s rate limit)."""
+        self._last_pull[(peer, repo, arch)] = time.monotonic()
+        return await self.pull(peer, repo, arch)
+
     async def pull(self, peer: str, repo: str, arch: str) -> int:
         """Ask ``peer`` for its inventory of ``repo``; returns the entries believed."""
         swarm = self.swarm

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 MAX_PEER_SOURCES = 4
 #: How often announcements of long-gone peers are expired and gossipsub scores refreshed.
 HOUSEKEEPING = 30.0
+#: Longest a download waits for the inventory pulls of a repo the node just joined.
+WARM_WAIT = 2.0
 
 
 class Swarm:
@@ -79,6 +81,7 @@ class Swarm:
         #: Connected peers that are pacswarm nodes of this swarm.
         self.members: set[str] = set()
         self._gateways: dict[str, int] = {}
+        self._warming: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -89,7 +92,8 @@ class Swarm:
 
     def open(self, data_dir: Path) -> None:
         swarm = self.config.swarm
-        path = data_dir / "swarm.sqlite"
+        (data_dir / "swarm").mkdir(parents=True, exist_ok=True)
+        path = data_dir / "swarm" / "announcements.sqlite"
         self.cache = AnnouncementCache(path, swarm.cache_entries, swarm.peer_expiry)
         self.own = OwnSet(path)
         self.cache.expire(time.time())
@@ -125,19 +129,33 @@ class Swarm:
         task.add_done_callback(self._tasks.discard)
 
     async def _join(self, repo: str, arch: str) -> None:
+        """Subscribe to a repo's topic and pull what the members already announced there."""
         if (repo, arch) in self._topics or self.host is None:
             return
         self._topics.add((repo, arch))
+
+        def deliver(origin: str, data: bytes) -> None:
+            self.gossip.deliver(origin, data, (repo, arch))
+
         try:
-            await self.host.pubsub.join(
-                topic(repo, arch), self.gossip.validate, self.gossip.deliver
-            )
+            await self.host.pubsub.join(topic(repo, arch), self.gossip.validate, deliver)
         except Exception as e:
             self._topics.discard((repo, arch))
             log.warning("swarm: could not join %s/%s: %s", repo, arch, e)
             return
-        for peer in sorted(self.members):  # what they announced before we had this db
-            self.inventory.pull_soon(peer, repo, arch)
+        pulls = [self.inventory.pull_once(peer, repo, arch) for peer in sorted(self.members)]
+        await asyncio.gather(*pulls, return_exceptions=True)
+
+    async def ready(self, want: Want) -> None:
+        """Before a download plans its sources: let a just-joined repo's pulls finish.
+
+        A fresh node learns its repos from pacman's first ``-Sy``; the packages of that same
+        ``pacman -Syu`` follow within milliseconds. Waiting (at most ``WARM_WAIT``) for the
+        inventory pulls the new db started lets them come from peers rather than mirrors.
+        """
+        task = self._warming.get((want.rp.repo, want.rp.arch))
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=WARM_WAIT)
 
     # -- the node's events ----------------------------------------------------------------
 
@@ -148,8 +166,11 @@ class Swarm:
             believed = self.cache.recheck(self.believe, time.time())
             if believed:
                 log.info("swarm: %d pending announcements match the new %s db", believed, repo)
-        if self.host is not None:
-            self.background(self._join(repo, arch))
+        if self.host is not None and (repo, arch) not in self._topics:
+            task = asyncio.create_task(self._join(repo, arch), name=f"swarm join {repo}")
+            self._warming[(repo, arch)] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def on_imported(self, rp: RequestPath, cid: CID) -> None:
         """A verified package got its CID: it is ours now; announce it if allowed."""
@@ -266,7 +287,12 @@ class Swarm:
     async def _digests(self) -> None:
         """Every ``digest_interval``: a small digest per repo, so stale views are noticed."""
         while True:
-            await asyncio.sleep(self.config.swarm.digest_interval)
+            # digest_interval is the topic's, not each node's: with N members each sends
+            # once per N intervals (jittered), so the topic carries one digest per interval
+            # whatever the swarm's size (docs/protocol.md, "digests").
+            spread = max(1, len(self.members) + 1)
+            interval = self.config.swarm.digest_interval * spread
+            await asyncio.sleep(interval * self.rng.uniform(0.5, 1.5))
             if self.own is None:
                 continue
             for repo, arch in sorted(self._topics):
