@@ -485,3 +485,24 @@ def test_cancel_stops_an_audit_in_flight() -> None:
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert seen == ["started", "cancelled"]
+
+
+def test_a_failing_pick_is_survived() -> None:
+    picks = iter([RuntimeError("announcement cache is locked"), ("p1", "core", "any", entry("a"))])
+
+    def pick():
+        item = next(picks)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def audit(peer: str, repo: str, arch: str, e: Entry) -> bool:
+        return True
+
+    async def main() -> None:
+        a = Auditor(pick, audit, AuditConfig(), random.Random(1))
+        assert await a.once() is None
+        assert await a.once() is True
+        assert a.peers()["p1"].passed == 1
+
+    asyncio.run(main())
