@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from pacswarm.config_tables import SwarmConfig
-from pacswarm.ipfs.bitswap import MemoryBlocks
+from pacswarm.ipfs.bitswap import WRITERS, MemoryBlocks
 from pacswarm.ipfs.bitswap_fetch import FetchError
 from pacswarm.ipfs.blockstore import PackageBlockstore
 from pacswarm.ipfs.cid import CID
@@ -288,6 +288,7 @@ def test_bitswap_serves_swarm_peers_and_tells_others_it_has_nothing(tmp_path: Pa
     assert got == data
     usage = access.usage(f"peer:{member}")
     assert usage is not None and usage[0] >= len(data)  # every block went through its bucket
+    assert usage[2] >= WRITERS - 1  # peer_concurrency = 1: one responder stream, not WRITERS
 
 
 # ── the LAN harness itself (other tests rely on it: mDNS between nodes) ───────────────

@@ -33,7 +33,7 @@ import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import pytest
 
@@ -103,7 +103,13 @@ class Lan(Sequence[NsHost]):
         self.host_ip = str(network.network_address + 1)
         self.hosts = hosts
 
-    def __getitem__(self, i: Any) -> Any:
+    @overload
+    def __getitem__(self, i: int) -> NsHost: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[NsHost]: ...
+
+    def __getitem__(self, i: int | slice) -> NsHost | list[NsHost]:
         return self.hosts[i]
 
     def __len__(self) -> int:

@@ -16,8 +16,6 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from pacswarm.config_tables import AuditConfig, SeedConfig
 from pacswarm.swarm.audit import Auditor, pick_audit
 from pacswarm.swarm.protocol import Entry
@@ -27,6 +25,15 @@ NOON = datetime(2026, 12, 2, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
 #: Generous bound for "stops promptly": normal is well under a millisecond.
 PROMPT = 10.0
+
+
+async def cancel_promptly(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and check it ended cancelled (wait() never re-cancels, so a loop
+    that swallowed the cancel fails here instead of hanging the test)."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=PROMPT)
+    assert task in done, "still running after cancel"
+    assert task.cancelled()
 
 
 class Clock:
@@ -247,16 +254,12 @@ def test_the_first_round_waits_then_rounds_repeat_until_cancelled(tmp_path: Path
         for _ in range(20):
             await asyncio.sleep(0)
         assert up.downloaded == []  # not at once
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(waiting, PROMPT)
+        await cancel_promptly(waiting)
         s = seeder(tmp_path, pkgs, up, count=2, budget=10_000, first_delay=0.001, interval=0.001)
         task = asyncio.create_task(s.run())
         while len(up.downloaded) < 6:  # three rounds at least
             await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, PROMPT)
+        await cancel_promptly(task)
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert len(up.downloaded) == len(set(up.downloaded))
@@ -268,6 +271,8 @@ def test_cancel_stops_a_seeding_download_in_flight(tmp_path: Path) -> None:
 
     async def hangs(c: SeedCandidate) -> bool:
         seen.append("started")
+        if len(seen) > 1:
+            return True  # only the first one hangs, so a swallowed cancel cannot hang the test
         try:
             await asyncio.Event().wait()
         finally:
@@ -280,9 +285,7 @@ def test_cancel_stops_a_seeding_download_in_flight(tmp_path: Path) -> None:
         task = asyncio.create_task(s.run())
         while not seen:
             await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, PROMPT)
+        await cancel_promptly(task)
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert seen == ["started", "cancelled"]
@@ -412,9 +415,7 @@ def test_a_failing_audit_callback_does_not_stop_the_loop() -> None:
         await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         assert not task.done(), "the audit loop stopped"
         assert waiter.done()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, PROMPT)
+        await cancel_promptly(task)
         return a
 
     a = asyncio.run(main())
@@ -430,7 +431,8 @@ def test_never_two_audits_at_once() -> None:
         state["now"] += 1
         state["calls"] += 1
         state["most"] = max(state["most"], state["now"])
-        await asyncio.sleep(0.002)
+        if state["calls"] <= 40:  # later ones return at once: a swallowed cancel cannot hang
+            await asyncio.sleep(0.002)
         state["now"] -= 1
         return True
 
@@ -438,9 +440,7 @@ def test_never_two_audits_at_once() -> None:
         a = auditor_for(audit, per_hour=3.6e6)
         task = asyncio.create_task(a.run())
         await asyncio.gather(*(a.once() for _ in range(10)))  # a manual audit next to run()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, PROMPT)
+        await cancel_promptly(task)
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert state["calls"] >= 10
@@ -469,6 +469,8 @@ def test_cancel_stops_an_audit_in_flight() -> None:
 
     async def audit(peer: str, repo: str, arch: str, e: Entry) -> bool:
         seen.append("started")
+        if len(seen) > 1:
+            return True  # only the first one hangs, so a swallowed cancel cannot hang the test
         try:
             await asyncio.Event().wait()
         finally:
@@ -479,9 +481,28 @@ def test_cancel_stops_an_audit_in_flight() -> None:
         task = asyncio.create_task(auditor_for(audit, per_hour=3.6e6).run())
         while not seen:
             await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, PROMPT)
+        await cancel_promptly(task)
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert seen == ["started", "cancelled"]
+
+
+def test_a_failing_pick_is_survived() -> None:
+    picks = iter([RuntimeError("announcement cache is locked"), ("p1", "core", "any", entry("a"))])
+
+    def pick():
+        item = next(picks)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def audit(peer: str, repo: str, arch: str, e: Entry) -> bool:
+        return True
+
+    async def main() -> None:
+        a = Auditor(pick, audit, AuditConfig(), random.Random(1))
+        assert await a.once() is None
+        assert await a.once() is True
+        assert a.peers()["p1"].passed == 1
+
+    asyncio.run(main())
