@@ -136,7 +136,7 @@ def test_a_hostile_peer_cannot_make_pacman_fail_and_ends_up_ignored(
     liar = _hostile(
         tmp_path, "liar", mirror, [a, b],
         "--announce", "lies", "--bogus", "200", "--gateway", "consistent",
-        "--garbage-rate", "500", "--flood-rate", "2000", "--repeat", "1",
+        "--garbage-rate", "500", "--flood-rate", "2000", "--malformed-rpc", "--repeat", "1",
     )  # fmt: skip
     hostiles.append(liar)
     refuse_packages(mirror)
