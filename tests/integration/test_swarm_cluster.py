@@ -130,6 +130,9 @@ def test_a_hostile_peer_cannot_make_pacman_fail_and_ends_up_ignored(
     cluster: Cluster,
     hostiles: list[HostileNode],
 ) -> None:
+    """Three liars announce every package with a wrong CID (a consistent garbage DAG, a CAR
+    of wrong blocks, random bytes); the first also announces sha256s in no db, publishes
+    garbage and floods, and sends gossipsub frames that are no RPC."""
     # Audits at one a second and two strikes: the liar is found quickly, whether or not a
     # download happens to pick it first.
     honest = {"swarm": {"strikes": 2}, "audit": {"per_hour": 3600.0}}
@@ -144,6 +147,8 @@ def test_a_hostile_peer_cannot_make_pacman_fail_and_ends_up_ignored(
         "--garbage-rate", "500", "--flood-rate", "2000", "--malformed-rpc", "--repeat", "1",
     )  # fmt: skip
     hostiles.append(liar)
+    for gateway in ("wrong-blocks", "random"):  # the same lies, served as other garbage
+        hostiles.append(_hostile(tmp_path, gateway, mirror, [a, b], "--gateway", gateway))
     refuse_packages(mirror)
     wait_known(b, _shas(test_repo), holder=a.peer_id)
     c = cluster.add("c", bootstrap=[a, b], tables=honest)
@@ -163,7 +168,7 @@ def test_a_hostile_peer_cannot_make_pacman_fail_and_ends_up_ignored(
     for node in (a, b):
         grown = node.peak_rss_kb() - baseline[node.name]
         assert grown < RSS_GROWTH_KB, f"{node.name} grew by {grown} KiB under the flood"
-    assert liar.proc is not None and liar.proc.poll() is None, liar.log()
+    assert all(h.proc is not None and h.proc.poll() is None for h in hostiles), liar.log()
 
 
 def test_a_peer_killed_mid_transfer_is_replaced_at_the_same_offset(
