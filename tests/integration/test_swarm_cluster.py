@@ -301,6 +301,33 @@ def test_a_private_swarm_neither_serves_nor_believes_outsiders(
     assert downloads(mirror, bigpkg.filename) == 1
 
 
+def test_nodes_on_a_lan_find_each_other_by_mdns(tmp_path: Path, test_repo: TestRepo) -> None:
+    """Three machines (network namespaces on a bridge), no bootstrap at all: mDNS, as at home."""
+    netns = pytest.importorskip("tests.support.netns")
+    with netns.lan(n=3) as hosts:
+        lan_mirror = MirrorServer(test_repo.copy_tree(tmp_path / "lan-mirror"), hosts.host_ip)
+        lan_mirror.start()
+        cluster = Cluster(tmp_path / "lan", [lan_mirror.url_template], test_repo.make_pacman_gpgdir)
+        cluster.base.mkdir()
+        try:
+            a, b, c = (cluster.add(n, bootstrap=[], lan=hosts[i]) for i, n in enumerate("abc"))
+            a.install(*INSTALL)
+            refuse_packages(lan_mirror)
+            for node in (b, c):
+                wait_known(node, _shas(test_repo), holder=a.peer_id, timeout=90)
+            b.install(*INSTALL)
+            c.install(*INSTALL)
+            for node in (b, c):
+                _assert_has_real_packages(node, test_repo)
+            for name in ALL:
+                assert downloads(lan_mirror, test_repo.packages[name].filename) == 1, name
+        finally:
+            try:
+                cluster.stop()
+            finally:
+                lan_mirror.stop()
+
+
 def wait_log_text(node: HostileNode, pattern: str, timeout: float) -> None:
     """Until the hostile node's log has a line matching ``pattern``."""
     deadline = time.monotonic() + timeout
