@@ -115,10 +115,14 @@ class SwarmNode(PacswarmNode):
         argv += self.extra_args
         return self.lan_host.command(argv) if self.lan_host is not None else argv
 
-    def start(self, timeout: float = 30.0) -> SwarmNode:
-        """Start; a stale ``config.json`` of the previous run must not pass for this one's."""
+    def start(self, timeout: float | None = None) -> SwarmNode:
+        """Start; a stale ``config.json`` of the previous run must not pass for this one's.
+
+        In a namespace a start took 15-25 s here (on loopback 2-3 s), nearly all of it before
+        the node's first log line; hence the longer default there.
+        """
         (self.data_dir / "ipfs" / "config.json").unlink(missing_ok=True)
-        super().start(timeout)
+        super().start(timeout or (90.0 if self.lan_host is not None else 30.0))
         return self
 
     @property
