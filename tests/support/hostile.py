@@ -332,6 +332,14 @@ async def malformed_rpcs(host: P2PHost, every: float, n: Counts) -> None:
         await asyncio.sleep(every)
 
 
+async def orphan_watch(stop: asyncio.Event) -> None:
+    """A test killed hard cannot stop us: leave when our parent is gone."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    stop.set()
+
+
 def inventory_handler(
     lies: Lies, port: int | None, n: Counts
 ) -> Callable[[str, bytes], Awaitable[bytes]]:
@@ -393,6 +401,7 @@ async def serve(args: argparse.Namespace) -> None:
         jobs = [publish_lies(host, lies, port, args.repeat, n), *floods]
         if args.malformed_rpc:
             jobs.append(malformed_rpcs(host, args.repeat, n))
+        jobs.append(orphan_watch(stop))
         tasks = [asyncio.ensure_future(job) for job in jobs]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.duration or None)
