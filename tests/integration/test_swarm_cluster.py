@@ -45,7 +45,9 @@ RSS_GROWTH_KB = 400 * 1024
 #: Seconds to let gossip that must be ignored arrive before checking it was (heartbeat ~1 s).
 SETTLE = 5.0
 #: How a node's log says a peer source failed it (the lead's wording may be any of these).
-FAILED = re.compile(r"stall|first byte|fail|strike|timed? ?out|too slow|silent", re.IGNORECASE)
+FAILED = re.compile(
+    r"stall|first byte|fail|strike|ignored|bad|timed? ?out|too slow|silent", re.IGNORECASE
+)
 
 
 @pytest.fixture
@@ -95,8 +97,11 @@ def _assert_has_real_packages(node: SwarmNode, test_repo: TestRepo, names=ALL) -
         assert got.read_bytes() == pkg.path.read_bytes(), f"{node.name}: {name} differs"
 
 
-def _mentions(node: SwarmNode, peer_id: str, word: str) -> list[str]:
-    return node.log_lines(peer_id, word)
+def _failures(node: SwarmNode, peer: HostileNode) -> list[str]:
+    """Log lines saying ``peer`` failed this node: named by peer ID or by its gateway URL."""
+    names = [peer.peer_id, f"127.0.0.1:{peer.gateway_port}"]
+    lines = node.log().splitlines()
+    return [line for line in lines if any(n in line for n in names) and FAILED.search(line)]
 
 
 def test_peers_serve_the_cluster_and_the_mirror_sends_each_package_once(
@@ -128,6 +133,9 @@ def test_a_hostile_peer_cannot_make_pacman_fail_and_ends_up_ignored(
     cluster: Cluster,
     hostiles: list[HostileNode],
 ) -> None:
+    """Three liars announce every package with a wrong CID (a consistent garbage DAG, a CAR
+    of wrong blocks, random bytes); the first also announces sha256s in no db, publishes
+    garbage and floods, and sends gossipsub frames that are no RPC."""
     # Audits at one a second and two strikes: the liar is found quickly, whether or not a
     # download happens to pick it first.
     honest = {"swarm": {"strikes": 2}, "audit": {"per_hour": 3600.0}}
@@ -139,9 +147,11 @@ def test_a_hostile_peer_cannot_make_pacman_fail_and_ends_up_ignored(
     liar = _hostile(
         tmp_path, "liar", mirror, [a, b],
         "--announce", "lies", "--bogus", "200", "--gateway", "consistent",
-        "--garbage-rate", "500", "--flood-rate", "2000", "--repeat", "1",
+        "--garbage-rate", "500", "--flood-rate", "2000", "--malformed-rpc", "--repeat", "1",
     )  # fmt: skip
     hostiles.append(liar)
+    for gateway in ("wrong-blocks", "random"):  # the same lies, served as other garbage
+        hostiles.append(_hostile(tmp_path, gateway, mirror, [a, b], "--gateway", gateway))
     refuse_packages(mirror)
     wait_known(b, _shas(test_repo), holder=a.peer_id)
     c = cluster.add("c", bootstrap=[a, b], tables=honest)
@@ -155,13 +165,13 @@ def test_a_hostile_peer_cannot_make_pacman_fail_and_ends_up_ignored(
         assert downloads(mirror, test_repo.packages[name].filename) == 1, name
 
     # The liar's content failed verification, was counted against it, and it is ignored.
-    line = wait_log(b, rf"{liar.peer_id}.*ignor|ignor.*{liar.peer_id}", timeout=120)
-    assert line and any(_mentions(n, liar.peer_id, "strike") for n in (a, b, c)), cluster.logs()
+    wait_log(b, rf"{liar.peer_id}.*ignor|ignor.*{liar.peer_id}", timeout=120)
+    assert any(_failures(n, liar) for n in (a, b, c)), cluster.logs()
     # Memory stayed bounded while it flooded (its queues and the pending set are bounded).
     for node in (a, b):
         grown = node.peak_rss_kb() - baseline[node.name]
         assert grown < RSS_GROWTH_KB, f"{node.name} grew by {grown} KiB under the flood"
-    assert liar.proc is not None and liar.proc.poll() is None, liar.log()
+    assert all(h.proc is not None and h.proc.poll() is None for h in hostiles), liar.log()
 
 
 def test_a_peer_killed_mid_transfer_is_replaced_at_the_same_offset(
@@ -217,8 +227,7 @@ def test_a_stalling_peer_is_replaced(
     assert (b.pacman.cachedir / pkg.filename).read_bytes() == pkg.path.read_bytes()
     assert downloads(mirror, pkg.filename) == 1
     # It was asked first (peers come before mirrors) and its silence was noticed.
-    noticed = [line for line in b.log_lines(staller.peer_id) if FAILED.search(line)]
-    assert noticed, tail(b.log())
+    assert _failures(b, staller), tail(b.log())
 
 
 def test_a_late_joiner_learns_the_inventory_and_fetches_from_peers(
@@ -293,6 +302,33 @@ def test_a_private_swarm_neither_serves_nor_believes_outsiders(
     _assert_has_real_packages(b, test_repo, ("hello", "libgreet"))
     assert downloads(mirror, test_repo.packages["hello"].filename) == 1
     assert downloads(mirror, bigpkg.filename) == 1
+
+
+def test_nodes_on_a_lan_find_each_other_by_mdns(tmp_path: Path, test_repo: TestRepo) -> None:
+    """Three machines (network namespaces on a bridge), no bootstrap at all: mDNS, as at home."""
+    netns = pytest.importorskip("tests.support.netns")
+    with netns.lan(n=3) as hosts:
+        lan_mirror = MirrorServer(test_repo.copy_tree(tmp_path / "lan-mirror"), hosts.host_ip)
+        lan_mirror.start()
+        cluster = Cluster(tmp_path / "lan", [lan_mirror.url_template], test_repo.make_pacman_gpgdir)
+        cluster.base.mkdir()
+        try:
+            a, b, c = (cluster.add(n, bootstrap=[], lan=hosts[i]) for i, n in enumerate("abc"))
+            a.install(*INSTALL)
+            refuse_packages(lan_mirror)
+            for node in (b, c):
+                wait_known(node, _shas(test_repo), holder=a.peer_id, timeout=90)
+            b.install(*INSTALL)
+            c.install(*INSTALL)
+            for node in (b, c):
+                _assert_has_real_packages(node, test_repo)
+            for name in ALL:
+                assert downloads(lan_mirror, test_repo.packages[name].filename) == 1, name
+        finally:
+            try:
+                cluster.stop()
+            finally:
+                lan_mirror.stop()
 
 
 def wait_log_text(node: HostileNode, pattern: str, timeout: float) -> None:

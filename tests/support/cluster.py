@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from pacswarm.ipfs.identity import peer_id_of
 from tests.support import gpg
@@ -37,6 +38,14 @@ KNOW_TIMEOUT = 60.0
 PACKAGE_PATTERNS = ("*.pkg.tar.zst", "*.pkg.tar.zst.sig")
 
 TableValue = str | int | float | bool | Sequence[str]
+
+
+class LanHost(Protocol):
+    """What a node needs of a network namespace (tests/support/netns.py ``NsHost``)."""
+
+    ip: str
+
+    def command(self, argv: Sequence[str]) -> list[str]: ...
 
 
 def toml_tables(tables: Mapping[str, Mapping[str, TableValue]]) -> str:
@@ -69,10 +78,20 @@ class SwarmNode(PacswarmNode):
         *,
         bootstrap: Sequence[str] = (),
         extra_config: str = "",
+        lan_host: LanHost | None = None,
     ) -> None:
         self.name = name
         self.peer_id = make_identity(data_dir)
         super().__init__(data_dir, mirrors, gpgdir, extra_config=extra_config)
+        #: A network namespace to run in (tests/support/netns.py), as a host on a LAN.
+        self.lan_host = lan_host
+        self.listen_ip = "127.0.0.1"
+        if lan_host is not None:
+            # Its own machine: every face on its LAN address, and peers found by mDNS.
+            self.listen_ip = lan_host.ip
+            self.base_url = f"http://{lan_host.ip}:{self.port}"
+            self.url_template = self.base_url + "/$repo/os/$arch"
+            self.config.write_text(self.config.read_text().replace("mdns = false", "mdns = true"))
         #: Multiaddrs dialled at start (a list, so a restart can point elsewhere).
         self.bootstrap = list(bootstrap)
         # Fixed ports, like a real machine's 4001/4080: a restarted node is where it was, so
@@ -85,17 +104,25 @@ class SwarmNode(PacswarmNode):
         )
 
     def command(self) -> list[str]:
-        argv = super().command()
-        argv += ["--p2p-listen", f"/ip4/127.0.0.1/tcp/{self.p2p_port}"]
-        argv += ["--gateway-listen", f"127.0.0.1:{self.gateway_port}"]
+        ip = self.listen_ip
+        argv = [
+            f"{ip}:{self.port}" if a == f"127.0.0.1:{self.port}" else a for a in super().command()
+        ]
+        argv += ["--p2p-listen", f"/ip4/{ip}/tcp/{self.p2p_port}"]
+        argv += ["--gateway-listen", f"{ip}:{self.gateway_port}"]
         for addr in self.bootstrap:
             argv += ["--bootstrap", addr]
-        return argv + self.extra_args
+        argv += self.extra_args
+        return self.lan_host.command(argv) if self.lan_host is not None else argv
 
-    def start(self, timeout: float = 30.0) -> SwarmNode:
-        """Start; a stale ``config.json`` of the previous run must not pass for this one's."""
+    def start(self, timeout: float | None = None) -> SwarmNode:
+        """Start; a stale ``config.json`` of the previous run must not pass for this one's.
+
+        In a namespace a start took 15-25 s here (on loopback 2-3 s), nearly all of it before
+        the node's first log line; hence the longer default there.
+        """
         (self.data_dir / "ipfs" / "config.json").unlink(missing_ok=True)
-        super().start(timeout)
+        super().start(timeout or (90.0 if self.lan_host is not None else 30.0))
         return self
 
     @property
@@ -106,8 +133,8 @@ class SwarmNode(PacswarmNode):
     def addr(self) -> str:
         """One multiaddr other nodes can bootstrap to (``/ip4/127.0.0.1/tcp/N/p2p/ID``)."""
         addrs = self.p2p_addrs
-        loop = [a for a in addrs if a.startswith("/ip4/127.0.0.1/")]
-        return (loop or addrs)[0]
+        mine = [a for a in addrs if a.startswith(f"/ip4/{self.listen_ip}/")]
+        return (mine or addrs)[0]
 
     def log_lines(self, *words: str) -> list[str]:
         """Log lines containing every one of ``words`` (case-insensitive)."""
@@ -173,6 +200,7 @@ class Cluster:
         tables: Mapping[str, Mapping[str, TableValue]] | None = None,
         extra: str = "",
         args: Sequence[str] = (),
+        lan: LanHost | None = None,
         start: bool = True,
     ) -> SwarmNode:
         """A node bootstrapping to ``bootstrap`` (default: the first node added, if any)."""
@@ -187,6 +215,7 @@ class Cluster:
             self.keyring(self.base / f"{name}-pacman-gnupg"),
             bootstrap=boot,
             extra_config=extra + toml_tables(tables or {}),
+            lan_host=lan,
         )
         node.extra_args = list(args)
         self.nodes[name] = node

@@ -19,7 +19,10 @@ What it can do (flags combine):
   genuine but then stalls or sends garbage.
 * ``--bogus N``: also announce N sha256s that are in no db (never to be believed).
 * ``--garbage-rate R`` / ``--flood-rate R``: publish R random-byte messages per second, or R
-  well-formed news per second full of bogus entries (a topic flood).
+  well-formed news per second full of bogus entries (a topic flood), without waiting for
+  the peers' queues as a polite publisher does.
+* ``--malformed-rpc``: every ``--repeat`` seconds, a gossipsub frame that is not an RPC at
+  all, to every connected peer (py-libp2p's reader raises on it).
 * ``--gateway consistent|slow|random|wrong-blocks|stall|none``: what its Trustless Gateway
   answers to every ``/ipfs/`` request: its DAG (``slow``: at 2 MiB/s, logging its progress
   so a test can kill it mid-transfer), random bytes, a CAR whose blocks do not match their
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -49,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import trio
 from aiohttp import web
 
 from pacswarm.ipfs.bitswap import MemoryBlocks
@@ -211,6 +216,7 @@ class Counts:
     garbage: int = 0
     flood: int = 0
     inventories: int = 0
+    malformed: int = 0
 
 
 async def publish_lies(
@@ -228,15 +234,40 @@ async def publish_lies(
         await asyncio.sleep(every)
 
 
-async def paced(rate: float, send: Callable[[], Awaitable[None]]) -> None:
-    """Call ``send()`` ``rate`` times a second, in 10 ms bursts (as fast as it goes above)."""
+Message = tuple[str, bytes]  # (topic, data)
+
+
+async def paced(
+    host: P2PHost, rate: float, make: Callable[[], Message], sent: Callable[[int], None]
+) -> None:
+    """``rate`` messages a second from ``make()``, sent in 10 ms bursts, as fast as it goes."""
     per_tick, tick = max(1, int(rate / 100)), 0.01
     while True:
         started = time.monotonic()
-        for _ in range(per_tick):
-            with _survive("flood"):
-                await send()
+        with _survive("flood"):
+            sent(await burst(host, [make() for _ in range(per_tick)]))
         await asyncio.sleep(max(0.0, tick - (time.monotonic() - started)))
+
+
+async def burst(host: P2PHost, messages: list[Message]) -> int:
+    """Publish without the courtesy wait for peers' queues (an attacker does not wait): on
+    py-libp2p's own pubsub, in one hop to the trio thread. Falls back to the public API."""
+    raw = getattr(host.pubsub, "_pubsub", None)
+    if raw is None:
+        for topic, data in messages:
+            await host.pubsub.publish(topic, data)
+        return len(messages)
+
+    async def in_trio() -> int:
+        done = 0
+        for topic, data in messages:
+            with contextlib.suppress(Exception):
+                await raw.publish(topic, data)
+                done += 1
+            await trio.lowlevel.checkpoint()
+        return done
+
+    return int(await host.bridge.run(in_trio))
 
 
 def flooders(
@@ -246,30 +277,67 @@ def flooders(
 
     topics = [topic(repo, arch) for repo, arch in lies.db_order]
     rng = random.Random(args.seed + 1)
+    some_cid = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4"
 
-    async def garbage() -> None:
-        size = rng.randint(1, min(2 * MAX_MESSAGE, 512 * 1024))
-        await host.pubsub.publish(rng.choice(topics), rng.randbytes(size))
-        n.garbage += 1
-
-    async def flood() -> None:
+    # Pools made once, cycled: a publish costs the attacker little, and 1,000 floods of 64
+    # entries are 64,000 distinct bogus sha256s, more than any bounded pending set keeps.
+    junk = [
+        (rng.choice(topics), rng.randbytes(rng.randint(1, 2 * MAX_MESSAGE))) for _ in range(256)
+    ]
+    floods = []
+    for _ in range(1000 if args.flood_rate > 0 else 0):
         repo, arch = rng.choice(list(lies.db_order))
-        count = max(1, min(MAX_ENTRIES, 64))
         entries = tuple(
-            Entry(bogus_sha(rng), "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4",
-                  1024, f"flood{rng.randrange(1 << 30)}-1-{arch}.pkg.tar.zst")
-            for _ in range(count)
-        )  # fmt: skip
-        data = encode_news(News(repo, arch, entries, None, None))
-        await host.pubsub.publish(topic(repo, arch), data)
-        n.flood += 1
+            Entry(
+                bogus_sha(rng), some_cid, 1024, f"f{rng.randrange(1 << 30)}-1-1-{arch}.pkg.tar.zst"
+            )
+            for _ in range(min(MAX_ENTRIES, 64))
+        )
+        floods.append((topic(repo, arch), encode_news(News(repo, arch, entries, None, None))))
+    garbage, flood = itertools.cycle(junk).__next__, itertools.cycle(floods or junk).__next__
+
+    def count(field: str) -> Callable[[int], None]:
+        return lambda k: setattr(n, field, getattr(n, field) + k)
 
     jobs: list[Coroutine[Any, Any, None]] = []
     if args.garbage_rate > 0:
-        jobs.append(paced(args.garbage_rate, garbage))
+        jobs.append(paced(host, args.garbage_rate, garbage, count("garbage")))
     if args.flood_rate > 0:
-        jobs.append(paced(args.flood_rate, flood))
+        jobs.append(paced(host, args.flood_rate, flood, count("flood")))
     return jobs
+
+
+async def malformed_rpcs(host: P2PHost, every: float, n: Counts) -> None:
+    """Open a gossipsub stream to every connected peer and send a frame that is no RPC.
+
+    Byte 0x0f is field 1 with wire type 7, which no protobuf has: a parser must refuse it.
+    An honest node must drop the stream (or the peer), never its whole libp2p side.
+    """
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+    from libp2p.utils import encode_varint_prefixed
+
+    async def in_trio(peer: str) -> None:
+        assert host.libp2p_host is not None
+        stream = await host.libp2p_host.new_stream(
+            ID.from_base58(peer), [TProtocol("/meshsub/1.1.0")]
+        )
+        await stream.write(encode_varint_prefixed(b"\x0f" + os.urandom(63)))
+
+    while True:
+        for peer in host.connected_peers():
+            with _survive("malformed rpc"):
+                await host.bridge.run(in_trio, peer)
+                n.malformed += 1
+        await asyncio.sleep(every)
+
+
+async def orphan_watch(stop: asyncio.Event) -> None:
+    """A test killed hard cannot stop us: leave when our parent is gone."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    stop.set()
 
 
 def inventory_handler(
@@ -321,6 +389,7 @@ async def serve(args: argparse.Namespace) -> None:
         )
         for repo, arch in lies.db_order:
             await host.pubsub.join(topic(repo, arch), lambda p, d: True, lambda p, d: None)
+        floods = flooders(host, lies, args, n)  # its pools are built before "ready"
         for addr in args.bootstrap:
             await host.connect(addr)
         print(
@@ -329,7 +398,10 @@ async def serve(args: argparse.Namespace) -> None:
             ),
             flush=True,
         )
-        jobs = [publish_lies(host, lies, port, args.repeat, n), *flooders(host, lies, args, n)]
+        jobs = [publish_lies(host, lies, port, args.repeat, n), *floods]
+        if args.malformed_rpc:
+            jobs.append(malformed_rpcs(host, args.repeat, n))
+        jobs.append(orphan_watch(stop))
         tasks = [asyncio.ensure_future(job) for job in jobs]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.duration or None)
@@ -353,6 +425,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bogus", type=int, default=0, help="entries with sha256s in no db")
     p.add_argument("--garbage-rate", type=float, default=0.0, help="random messages per second")
     p.add_argument("--flood-rate", type=float, default=0.0, help="bogus news per second")
+    p.add_argument(
+        "--malformed-rpc", action="store_true", help="send gossipsub frames that are no RPC"
+    )
     p.add_argument("--gateway", choices=GATEWAY_MODES, default="consistent")
     p.add_argument("--repeat", type=float, default=2.0, help="seconds between re-announcements")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until SIGTERM)")

@@ -264,10 +264,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class MirrorServer:
-    """Serve ``root`` over HTTP on 127.0.0.1 (see module docstring)."""
+    """Serve ``root`` over HTTP on 127.0.0.1, or ``host`` (see module docstring)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
         self.root = root.resolve()
+        #: The address it listens on: loopback, or a test LAN's bridge address (netns tests).
+        self.host = host
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.responses: list[tuple[str, str, int]] = []  # (method, path, status) sent
         self.base_url = ""
@@ -289,9 +291,9 @@ class MirrorServer:
         if self._server is not None:
             return self
         self._stop.clear()
-        self._server = _Server(("127.0.0.1", self._port), self)
+        self._server = _Server((self.host, self._port), self)
         self._port = self._server.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self._port}"
+        self.base_url = f"http://{self.host}:{self._port}"
         self.url_template = self.base_url + "/$repo/os/$arch"
         self._thread = threading.Thread(
             target=self._server.serve_forever,
