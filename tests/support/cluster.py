@@ -297,7 +297,13 @@ def wait_known(
     holder: str | None = None,
     timeout: float = KNOW_TIMEOUT,
 ) -> None:
-    """Until ``node`` lists a holder (``holder`` if given) for every one of ``sha256s``."""
+    """Until ``node`` lists a holder (``holder`` if given) for every one of ``sha256s``.
+
+    A node believes announcements only of packages in its current dbs: one that never
+    synced gets its dbs first (``pacman -Sy`` through it), as its user would.
+    """
+    if not (node.pacman.dbpath / "sync").is_dir() and node.running:
+        node.sync()
     wanted = list(sha256s)
     deadline = time.monotonic() + timeout
     while True:
