@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from pacswarm.ipfs.host import P2PHost, PeerRefused
-from pacswarm.ipfs.pubsub import GRAYLIST_THRESHOLD
+from pacswarm.ipfs.pubsub import GRAYLIST_THRESHOLD, MAX_PUBLISH, PubsubError
 from pacswarm.ipfs.reqresp import RequestFailed
 
 T = TypeVar("T")
@@ -188,6 +188,8 @@ def test_validator_drops_malformed_counts_the_sender_and_delivers_the_rest(tmp_p
             await chain([sender, receiver], TOPIC)
             for data in (b"ok:1", b"garbage", b"ok:2", b"explode", b"ok:3"):
                 await sender.pubsub.publish(TOPIC, data)
+            with pytest.raises(PubsubError, match="smaller batches"):
+                await sender.pubsub.publish(TOPIC, b"ok:" + b"x" * MAX_PUBLISH)
             await until(lambda: len(got) >= 3, 20, "the good messages")
             await asyncio.sleep(0.5)  # anything else would have arrived by now
             pubsub = receiver.pubsub
