@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from pacswarm.ipfs.host import P2PHost, PeerRefused
-from pacswarm.ipfs.pubsub import GRAYLIST_THRESHOLD
+from pacswarm.ipfs.pubsub import GRAYLIST_THRESHOLD, MAX_PUBLISH, PubsubError
 from pacswarm.ipfs.reqresp import RequestFailed
 
 T = TypeVar("T")
@@ -188,6 +188,8 @@ def test_validator_drops_malformed_counts_the_sender_and_delivers_the_rest(tmp_p
             await chain([sender, receiver], TOPIC)
             for data in (b"ok:1", b"garbage", b"ok:2", b"explode", b"ok:3"):
                 await sender.pubsub.publish(TOPIC, data)
+            with pytest.raises(PubsubError, match="smaller batches"):
+                await sender.pubsub.publish(TOPIC, b"ok:" + b"x" * MAX_PUBLISH)
             await until(lambda: len(got) >= 3, 20, "the good messages")
             await asyncio.sleep(0.5)  # anything else would have arrived by now
             pubsub = receiver.pubsub
@@ -319,3 +321,40 @@ def test_peer_filter_disconnects_strangers_and_watch_peers_reports_friends(tmp_p
     assert ips == ["127.0.0.1"]
     assert (kind2, peer2) == ("disconnect", out["friend"])
     assert out["still"] == [out["friend"]]  # the stranger was dropped, never reported
+
+
+def test_a_graylisted_forwarder_cannot_make_us_lose_what_honest_ones_relay(tmp_path: Path) -> None:
+    """Origin O reaches S through B (graylisted by S) and C: every message still arrives."""
+    count = 60
+
+    async def main() -> tuple[list[bytes], dict[str, int], str]:
+        got: list[bytes] = []
+        async with hosts(tmp_path, 4) as (origin, bad, good, me):
+            for node in (origin, bad, good):
+                await node.pubsub.join(TOPIC, accept, ignore)
+            await me.pubsub.join(TOPIC, accept, lambda p, d: got.append(d))
+            for left, right in [(origin, bad), (origin, good), (bad, me), (good, me)]:
+                await left.connect(right.listen_addrs()[0])
+            for node, peers in [
+                (me, {bad, good}),
+                (origin, {bad, good}),
+                (bad, {me}),
+                (good, {me}),
+            ]:
+                wanted = {p.peer_id for p in peers}
+                deadline = time.monotonic() + 20
+                while not wanted <= set(await node.pubsub.mesh_peers(TOPIC)):
+                    assert time.monotonic() < deadline, "mesh never formed"
+                    await asyncio.sleep(0.05)
+            me.pubsub.set_score(bad.peer_id, -1.0)
+            for n in range(count):
+                await origin.pubsub.publish(TOPIC, b"m%03d" % n)
+            try:
+                await until(lambda: len(got) >= count, 30, "every message")
+            finally:
+                print(f"\n{len(got)} of {count} arrived; drops {me.pubsub.drops()}")
+            return got, me.pubsub.drops(), bad.peer_id
+
+    got, drops, bad_id = run(main())
+    assert sorted(got) == [b"m%03d" % n for n in range(count)]
+    assert set(drops) <= {bad_id}

@@ -183,7 +183,6 @@ class P2PHost:
         self.requests = RequestService(self.bridge)
         self._peer_filter = peer_filter
         self._access = access
-        self._loop: asyncio.AbstractEventLoop | None = None
         # Peer snapshots for the asyncio side, written on the trio thread under _lock.
         self._lock = threading.Lock()
         self._watchers: list[tuple[PeerCallback, PeerCallback, asyncio.AbstractEventLoop]] = []
@@ -194,7 +193,6 @@ class P2PHost:
 
     async def start(self) -> None:
         """Start the trio thread (if ours) and the host; listening when this returns."""
-        self._loop = asyncio.get_running_loop()
         if self._owns_bridge and not self.bridge.running:
             self.bridge.start()
         try:

@@ -130,6 +130,17 @@ class _Pubsub(Pubsub):
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._service._on_message(publish_message)
 
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        # go's AcceptFrom: nothing from a graylisted peer. Checked here, not in the topic
+        # validator, because py caches validator verdicts by message id: a copy refused for
+        # its forwarder would then be refused from honest forwarders too.
+        if msg_forwarder != self.my_id and not self._is_msg_seen(msg):
+            scorer = getattr(self.router, "scorer", None)
+            if scorer is not None and scorer.is_graylisted(msg_forwarder, list(msg.topicIDs)):
+                self._service._count_drop(msg_forwarder.to_base58())
+                return
+        await super().push_msg(msg_forwarder, msg)
+
 
 def _score_params(app_score: Callable[[ID], float]) -> ScoreParams:
     return ScoreParams(
@@ -210,10 +221,6 @@ class PubsubService:
                 return True  # our own publish
             entry = self._topics.get(topic)
             peer = forwarder.to_base58()
-            scorer = self._router.scorer if self._router is not None else None
-            if scorer is not None and scorer.is_graylisted(forwarder, list(msg.topicIDs)):
-                self._count_drop(peer)
-                return False
             try:
                 ok = entry is not None and bool(entry.validate(peer, msg.data))
             except Exception:
@@ -271,7 +278,9 @@ class PubsubService:
         ``validate(forwarder_peer_id, data)`` runs on the trio thread for every message that
         another peer forwards to us (our own publishes skip it); it must be quick,
         thread-safe and must not raise (an exception counts as False). False drops the
-        message and counts a drop against the forwarder (:meth:`drops`).
+        message and counts a drop against the forwarder (:meth:`drops`). py caches the
+        verdict by message id (5 min), so judge the content (signed by its origin), not the
+        forwarder; other copies of a refused message are dropped uncounted.
         ``deliver(origin_peer_id, data)`` runs on this asyncio loop for every accepted
         message from another origin, once per message id (our own messages are not echoed).
         """
@@ -352,7 +361,7 @@ class PubsubService:
         return [p.to_base58() for p in self._router.mesh.get(topic, set())]
 
     def drops(self) -> dict[str, int]:
-        """Messages dropped by validation (or from a graylisted peer), per forwarding peer."""
+        """Messages dropped by validation or refused from a graylisted peer, per forwarder."""
         with self._lock:
             return dict(self._drops)
 
