@@ -253,11 +253,11 @@ class BitswapSource:
         try:
             await fetch
         except BlockMismatchError as e:
-            strike(self.reputation, self.peer_id, self.name, str(e))
+            strike(self.reputation, self.peer_id, str(e))
             raise SourceFault(f"sent a block that does not match its CID: {e}") from None
         except FetchError as e:
             if str(e).startswith("bad DAG"):
-                strike(self.reputation, self.peer_id, self.name, str(e))
+                strike(self.reputation, self.peer_id, str(e))
             raise SourceFault(str(e)) from None
         except BridgeError as e:
             raise SourceFault(f"libp2p is not running: {e}", penalise=False) from None
@@ -268,7 +268,7 @@ class BitswapSource:
         log.warning("%s failed: %s (skipped for a while)", self.name, reason)
         self.health.failed(self.name, reason, time.monotonic())
         if bad_content:
-            strike(self.reputation, self.peer_id, self.name, reason)
+            strike(self.reputation, self.peer_id, reason)
 
     def succeeded(self) -> None:
         self.health.succeeded(self.name, time.monotonic())
