@@ -177,7 +177,9 @@ def peer_sources(
 class BitswapSource:
     """One peer over Bitswap, for one root CID, streamed to the download as blocks arrive.
 
-    ``P2PHost.fetch_file`` writes the file in order to a file object on the trio thread;
+    The Bitswap fetch (:func:`pacswarm.ipfs.bitswap_fetch.fetch_file`, by peer ID for a
+    connected peer, else ``P2PHost.fetch_file`` with ``addr``) writes the file in order to a
+    file object on the trio thread;
     :class:`_QueueWriter` hands each piece to this asyncio task as it is written, so the
     download sees the first bytes as soon as the first leaf arrives (the first-byte deadline
     and the stall watchdog judge the peer, not the whole fetch). Cancelling the stream (the
