@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from pacswarm.swarm.reputation import Reputation
 from pacswarm.swarm.sources import (
     BitswapSource,
     PeerOffer,
+    _QueueWriter,
     is_lan,
     order_offers,
     parse_local_networks,
@@ -185,3 +187,42 @@ def test_a_plan_whose_peer_lookup_breaks_still_has_the_mirrors(tmp_path: Path) -
     assert [s.name for s in plan.sources(WANT)] == ["cache", "http://127.0.0.1:9/$repo/os/$arch"]
     default = SourcePlan(lambda: cache, upstream, lambda name, now: False)
     assert [s.name for s in default.sources(WANT)] == ["cache", "http://127.0.0.1:9/$repo/os/$arch"]
+
+
+def test_the_bitswap_writer_streams_in_order_with_bounded_buffering() -> None:
+    """The trio thread's writes come out on asyncio as they are made; past the limit the
+    writer waits for the reader, and once the reader is gone a write fails (ending the fetch)
+    instead of blocking the trio thread."""
+
+    async def run() -> tuple[bytes, list[str], str]:
+        writer = _QueueWriter(asyncio.get_running_loop(), limit=4)
+        events: list[str] = []
+
+        def trio_side() -> None:
+            for piece in (b"ab", b"cd", b"ef"):  # the third must wait: 4 bytes are buffered
+                writer.write(piece)
+                events.append(f"wrote {piece.decode()}")
+
+        thread = threading.Thread(target=trio_side)
+        thread.start()
+        while len(events) < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        blocked = list(events)  # the third write is waiting for room
+        got = await writer.get() or b""
+        await asyncio.to_thread(thread.join, 5)
+        writer.end()  # the fetch returned
+        while (piece := await writer.get()) is not None:
+            got += piece
+        writer.close()
+        try:
+            writer.write(b"late")
+            late = "accepted"
+        except OSError as e:
+            late = str(e)
+        return got, blocked, late
+
+    got, blocked, late = asyncio.run(run())
+    assert got == b"abcdef"
+    assert blocked == ["wrote ab", "wrote cd"]
+    assert late == "the download no longer wants these bytes"

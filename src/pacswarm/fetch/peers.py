@@ -65,7 +65,7 @@ def is_lie(reason: str) -> bool:
     return reason.startswith(_LIES) and not any(cut in reason for cut in _CUT)
 
 
-def strike(reputation: Strikes | None, peer_id: str | None, name: str, reason: str) -> None:
+def strike(reputation: Strikes | None, peer_id: str | None, reason: str) -> None:
     """Count a verification failure against ``peer_id`` (if the source knows who it is)."""
     if reputation is not None and peer_id:
         reputation.strike(peer_id, reason, time.monotonic())  # it logs a ban
@@ -114,7 +114,7 @@ class GatewaySource:
                 yield piece
         except GatewayFetchError as e:
             if is_lie(e.reason):
-                strike(self.reputation, self.peer_id, self.name, e.reason)
+                strike(self.reputation, self.peer_id, e.reason)
             raise SourceFault(e.reason) from None
         finally:
             await pieces.aclose()
@@ -123,7 +123,7 @@ class GatewaySource:
         log.warning("%s failed: %s (skipped for a while)", self.name, reason)
         self.health.failed(self.name, reason, time.monotonic())
         if bad_content:
-            strike(self.reputation, self.peer_id, self.name, reason)
+            strike(self.reputation, self.peer_id, reason)
 
     def succeeded(self) -> None:
         self.health.succeeded(self.name, time.monotonic())

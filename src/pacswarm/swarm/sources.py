@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 import aiohttp
+from libp2p.peer.id import ID
 
 from pacswarm.fetch.peers import GatewaySource, PeerHealth, strike
 from pacswarm.fetch.source import Source, SourceFault, Want
 from pacswarm.ipfs.bitswap import BlockMismatchError
-from pacswarm.ipfs.bitswap_fetch import FetchError
+from pacswarm.ipfs.bitswap_fetch import FetchError, fetch_file
 from pacswarm.ipfs.bridge import BridgeError
 from pacswarm.ipfs.cid import CID, CIDError
 from pacswarm.ipfs.host import P2PHost
@@ -176,7 +177,9 @@ def peer_sources(
 class BitswapSource:
     """One peer over Bitswap, for one root CID, streamed to the download as blocks arrive.
 
-    ``P2PHost.fetch_file`` writes the file in order to a file object on the trio thread;
+    The Bitswap fetch (:func:`pacswarm.ipfs.bitswap_fetch.fetch_file`, by peer ID for a
+    connected peer, else ``P2PHost.fetch_file`` with ``addr``) writes the file in order to a
+    file object on the trio thread;
     :class:`_QueueWriter` hands each piece to this asyncio task as it is written, so the
     download sees the first bytes as soon as the first leaf arrives (the first-byte deadline
     and the stall watchdog judge the peer, not the whole fetch). Cancelling the stream (the
@@ -200,8 +203,7 @@ class BitswapSource:
         self.reputation = reputation
         self.health = health
         self.first_byte_within: float | None = first_byte_within
-        # A connected peer is found by its ID alone ("/p2p/ID": the host dials nothing new).
-        self.addr = addr or f"/p2p/{peer_id}"
+        self.addr = addr  # a multiaddr to dial; None: the peer is connected already
 
     @property
     def name(self) -> str:
@@ -213,9 +215,7 @@ class BitswapSource:
     async def stream(self, want: Want, offset: int) -> AsyncIterator[bytes]:
         writer = _QueueWriter(asyncio.get_running_loop())
         fetch = asyncio.create_task(
-            self.host.fetch_file(
-                self.root, cast(BinaryIO, writer), [self.addr], offset=offset, max_size=want.size
-            ),
+            self._fetch(cast(BinaryIO, writer), want, offset),
             name=f"bitswap {self.root} from {self.peer_id}",
         )
         fetch.add_done_callback(lambda task: (writer.end(), _retrieved(task)))
@@ -229,6 +229,26 @@ class BitswapSource:
             writer.close()  # first: a trio side waiting for room must not keep waiting
             fetch.cancel()  # cancels the trio fetch, which cancels our wants at the peer
             await asyncio.wait({fetch, watch})
+
+    async def _fetch(self, out: BinaryIO, want: Want, offset: int) -> int:
+        """``P2PHost.fetch_file`` for a multiaddr; for a connected peer, the same Bitswap
+        fetch by peer ID on the trio thread. Why not ``fetch_file(peers=["/p2p/ID"])``: the
+        host would "connect" it, which puts an empty address in the peerstore (which the DHT
+        then hands to others)."""
+        if self.addr is not None:
+            return await self.host.fetch_file(
+                self.root, out, [self.addr], offset=offset, max_size=want.size
+            )
+        return await self.host.bridge.run(self._fetch_in_trio, out, want.size, offset)
+
+    async def _fetch_in_trio(self, out: BinaryIO, size: int, offset: int) -> int:
+        engine = self.host.bitswap
+        if engine is None:
+            raise BridgeError("the libp2p host is not running")
+        peer = ID.from_base58(self.peer_id)
+        return await fetch_file(
+            engine, self.root, out, [peer], self.host.window, max_size=size, offset=offset
+        )
 
     async def _watch_connection(self, writer: _QueueWriter) -> None:
         """End the transfer as soon as the peer's connection is gone (a killed peer), rather
@@ -253,11 +273,11 @@ class BitswapSource:
         try:
             await fetch
         except BlockMismatchError as e:
-            strike(self.reputation, self.peer_id, self.name, str(e))
+            strike(self.reputation, self.peer_id, str(e))
             raise SourceFault(f"sent a block that does not match its CID: {e}") from None
         except FetchError as e:
             if str(e).startswith("bad DAG"):
-                strike(self.reputation, self.peer_id, self.name, str(e))
+                strike(self.reputation, self.peer_id, str(e))
             raise SourceFault(str(e)) from None
         except BridgeError as e:
             raise SourceFault(f"libp2p is not running: {e}", penalise=False) from None
@@ -268,7 +288,7 @@ class BitswapSource:
         log.warning("%s failed: %s (skipped for a while)", self.name, reason)
         self.health.failed(self.name, reason, time.monotonic())
         if bad_content:
-            strike(self.reputation, self.peer_id, self.name, reason)
+            strike(self.reputation, self.peer_id, reason)
 
     def succeeded(self) -> None:
         self.health.succeeded(self.name, time.monotonic())
