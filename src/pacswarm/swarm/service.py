@@ -36,7 +36,13 @@ from pacswarm.swarm.gossip import Gossip
 from pacswarm.swarm.inventory import Inventory
 from pacswarm.swarm.protocol import INVENTORY_PROTOCOL, Entry, News, held_digest, topic
 from pacswarm.swarm.reputation import Reputation
-from pacswarm.swarm.sources import PeerOffer, order_offers, peer_sources
+from pacswarm.swarm.sources import (
+    PeerOffer,
+    is_lan,
+    local_networks,
+    order_offers,
+    peer_sources,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -81,6 +87,7 @@ class Swarm:
         #: Connected peers that are pacswarm nodes of this swarm.
         self.members: set[str] = set()
         self._gateways: dict[str, int] = {}
+        self._local = local_networks()
         self._warming: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -254,7 +261,7 @@ class Swarm:
             ips = host.peer_ips(peer)
             port = self._gateways.get(peer)
             url = f"http://{_host(ips[0])}:{port}" if ips and port else None
-            offers.append(PeerOffer(peer, holder.cid, url, _lan(ips), 0))
+            offers.append(PeerOffer(peer, holder.cid, url, is_lan(ips, self._local), 0))
         return order_offers(offers, self.rng)[:MAX_PEER_SOURCES]
 
     def sources(self, want: Want, peers: set[str] | None = None) -> list[Source]:
@@ -313,14 +320,3 @@ class Swarm:
 
 def _host(ip: str) -> str:
     return f"[{ip}]" if ":" in ip else ip
-
-
-def _lan(ips: list[str]) -> bool:
-    import ipaddress
-
-    for ip in ips:
-        with contextlib.suppress(ValueError):
-            addr = ipaddress.ip_address(ip)
-            if addr.is_private or addr.is_loopback or addr.is_link_local:
-                return True
-    return False
