@@ -172,7 +172,9 @@ def gateway_app(lies: Lies, mode: str) -> web.Application:
             raise web.HTTPBadRequest(text="malformed CID\n") from None
         dag = lies.dag_holding(cid)
         raw = request.query.get("format") == "raw" or "raw" in request.headers.get("Accept", "")
-        resp = web.StreamResponse(headers={"Content-Type": "application/vnd.ipld.car"})
+        # What a real gateway says for a streamed file: every block, repeats included, DFS.
+        car_type = "application/vnd.ipld.car; version=1; order=dfs; dups=y"
+        resp = web.StreamResponse(headers={"Content-Type": car_type})
         if mode == "random":
             resp.content_type = "application/vnd.ipld.raw" if raw else "application/vnd.ipld.car"
             await resp.prepare(request)
