@@ -20,11 +20,19 @@ from tests.support.testrepo import TestRepo
 pytestmark = pytest.mark.timeout(180)
 
 
+#: IPFS peers that are not pacswarm nodes of the swarm are served only on request.
+PUBLIC = "[swarm]\nserve_public = true\n"
+
+
 def _installed_node(
-    test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory, make_pacman: PacmanFactory
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+    extra_config: str = PUBLIC,
 ) -> PacswarmNode:
     """A node through which pacman installed bigpkg: the package is verified and cached."""
-    node = make_node([mirror.url_template])
+    node = make_node([mirror.url_template], extra_config=extra_config)
     pacman = make_pacman([node.url_template])
     assert pacman.run("-Sy").returncode == 0
     result = pacman.run("-S", "bigpkg")
@@ -66,6 +74,27 @@ def test_helia_fetches_an_installed_package_from_the_node(
         peer.dial(node.p2p_addrs[0])
         assert peer.cat(str(root), out, timeout=90) == bigpkg.size
     assert out.read_bytes() == bigpkg.path.read_bytes()
+
+
+@pytest.mark.skipif(not helia.helia_available(), reason=helia.unavailable_reason())
+def test_by_default_an_ipfs_peer_outside_the_swarm_gets_nothing(
+    tmp_path: Path,
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    """Any host can compute a package's CID offline: without ``serve_public`` a stranger
+    (here Helia, which does not speak pacswarm's inventory protocol) cannot probe for it."""
+    node = _installed_node(test_repo, mirror, make_node, make_pacman, extra_config="")
+    bigpkg = test_repo.packages["bigpkg"]
+    root = _wait_for_root(node, bigpkg)
+    out = tmp_path / "from-helia"
+    with helia.HeliaPeer(log_path=tmp_path / "helia.log") as peer:
+        peer.dial(node.p2p_addrs[0])
+        with pytest.raises(helia.HeliaError):
+            peer.cat(str(root), out, timeout=15)
+    assert not out.exists() or out.stat().st_size == 0
 
 
 def test_identity_is_created_once_and_kept(
