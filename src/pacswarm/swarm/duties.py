@@ -20,7 +20,7 @@ from pacswarm.fetch.source import Want
 from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.swarm.audit import Auditor, pick_audit
 from pacswarm.swarm.protocol import Entry
-from pacswarm.swarm.seed import SeedCandidate, Seeder
+from pacswarm.swarm.seed import FIRST_ROUND_DELAY, SeedCandidate, Seeder
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -48,6 +48,8 @@ class Duties:
             config.seed,
             data_dir / "seed-ledger.json",
             rng,
+            # A minute after start, or sooner when the interval itself is shorter.
+            first_delay=min(FIRST_ROUND_DELAY, config.seed.interval),
         )
 
     def start(self) -> None:
