@@ -37,6 +37,7 @@ class Duties:
         self.swarm = swarm
         self.downloader = downloader
         self.store = store
+        self._counts: dict[str, int] = {}
         rng = random.Random()
         config = swarm.config
         self.auditor = Auditor(self._pick, self._audit, config.audit, rng)
@@ -117,7 +118,9 @@ class Duties:
     # -- seeding -----------------------------------------------------------------------------
 
     def _candidates(self) -> list[SeedCandidate]:
-        dbs = self.swarm.dbs
+        dbs, cache = self.swarm.dbs, self.swarm.cache
+        # One query now, then lookups: choose() asks for every uncached package of the dbs.
+        self._counts = cache.holder_counts() if cache is not None else {}
         return [
             SeedCandidate(repo, arch, r.filename, r.sha256, r.csize)
             for repo, arch in dbs.indexed()
@@ -128,8 +131,7 @@ class Duties:
         return self.store.has_sha256(sha256)
 
     def _holders(self, sha256: str) -> int:
-        cache = self.swarm.cache
-        return len(cache.holders(sha256)) if cache is not None else 0
+        return self._counts.get(sha256, 0)
 
     async def _seed(self, candidate: SeedCandidate) -> bool:
         record = self.swarm.dbs.lookup(candidate.repo, candidate.arch, candidate.filename)
