@@ -33,7 +33,6 @@ from pacswarm.swarm.protocol import (
     batch_news,
     decode_news,
     encode_news,
-    held_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -87,8 +86,10 @@ class Gossip:
         publish: Callable[[str, bytes], Awaitable[None]],
         topic_of: Callable[[str, str], str],
         on_news: Callable[[str, News], None],
+        digest_of: Callable[[str, str], Digest | None] = lambda repo, arch: None,
     ) -> None:
         self._publish = publish
+        self._digest_of = digest_of
         self._topic_of = topic_of
         self._on_news = on_news
         self.rates = RateTable()
@@ -146,12 +147,15 @@ class Gossip:
         await asyncio.sleep(BATCH_DELAY)
         queue, self._queue = self._queue, {}
         for (repo, arch), entries in queue.items():
-            for news in batch_news(repo, arch, entries, self.gateway_port):
+            # The digest rides on the batch for free: receivers check their view at once.
+            digest = self._digest_of(repo, arch)
+            for news in batch_news(repo, arch, entries, self.gateway_port, digest):
                 await self._send(repo, arch, news)
 
-    async def send_digest(self, repo: str, arch: str, db: str, held: list[str]) -> None:
-        digest = Digest(db=db, count=len(held), held=held_digest(held))
-        await self._send(repo, arch, News(repo, arch, (), self.gateway_port, digest))
+    async def send_digest(self, repo: str, arch: str) -> None:
+        digest = self._digest_of(repo, arch)
+        if digest is not None:
+            await self._send(repo, arch, News(repo, arch, (), self.gateway_port, digest))
 
     async def _send(self, repo: str, arch: str, news: News) -> None:
         try:

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: One pull per peer and repo at most this often (a digest storm cannot make us hammer it).
-PULL_EVERY = 10.0
+#: One digest-triggered pull per peer and repo at most this often (a digest storm cannot
+#: make us hammer it); joins and new connections pull at once.
+PULL_EVERY = 60.0
 #: Pulls running at once (joining a big swarm must not open hundreds of streams).
 PULLS_AT_ONCE = 4
 MAX_REQUEST = 4096

@@ -34,7 +34,14 @@ from pacswarm.swarm.access import Access
 from pacswarm.swarm.announcements import AnnouncementCache, OwnSet
 from pacswarm.swarm.gossip import Gossip
 from pacswarm.swarm.inventory import Inventory
-from pacswarm.swarm.protocol import INVENTORY_PROTOCOL, Entry, News, held_digest, topic
+from pacswarm.swarm.protocol import (
+    INVENTORY_PROTOCOL,
+    Digest,
+    Entry,
+    News,
+    held_digest,
+    topic,
+)
 from pacswarm.swarm.reputation import Reputation
 from pacswarm.swarm.sources import (
     PeerOffer,
@@ -59,6 +66,8 @@ MAX_PEER_SOURCES = 4
 HOUSEKEEPING = 30.0
 #: Longest a download waits for the inventory pulls of a repo the node just joined.
 WARM_WAIT = 2.0
+#: Members asked for their inventory when this node joins a repo (news brings the rest).
+JOIN_PULLS = 3
 
 
 class Swarm:
@@ -78,7 +87,7 @@ class Swarm:
         self.cache: AnnouncementCache | None = None
         self.own: OwnSet | None = None
         self.host: P2PHost | None = None
-        self.gossip = Gossip(self._publish, topic, self._on_news)
+        self.gossip = Gossip(self._publish, topic, self._on_news, self.digest)
         self.inventory = Inventory(self)
         self.rng = random.Random()
         #: Why a package about to be downloaded is wanted ("seeded", "audited"), by key.
@@ -150,8 +159,17 @@ class Swarm:
             self._topics.discard((repo, arch))
             log.warning("swarm: could not join %s/%s: %s", repo, arch, e)
             return
-        pulls = [self.inventory.pull_once(peer, repo, arch) for peer in sorted(self.members)]
+        pulls = [self.inventory.pull_once(peer, repo, arch) for peer in self._pull_from()]
         await asyncio.gather(*pulls, return_exceptions=True)
+
+    def _pull_from(self) -> list[str]:
+        """A few members to pull a repo's inventories from on join: LAN peers first."""
+        host = self.host
+        members = sorted(self.members)
+        self.rng.shuffle(members)
+        if host is not None:
+            members.sort(key=lambda p: not is_lan(host.peer_ips(p), self._local))
+        return members[:JOIN_PULLS]
 
     async def ready(self, want: Want) -> None:
         """Before a download plans its sources: let a just-joined repo's pulls finish.
@@ -215,10 +233,17 @@ class Swarm:
             self._gateways[origin] = news.gateway_port
         if news.entries:
             self.cache.add(origin, news.repo, news.arch, news.entries, now, self.believe)
-        if news.digest is not None:
-            held = [e.sha256 for e in self.cache.peer_entries(origin, news.repo, news.arch)]
-            if held_digest(held) != news.digest.held:
-                self.inventory.pull_soon(origin, news.repo, news.arch)
+        digest = news.digest
+        if digest is not None and self._stale(origin, news.repo, news.arch, digest):
+            self.inventory.pull_soon(origin, news.repo, news.arch)
+
+    def _stale(self, peer: str, repo: str, arch: str, digest: Digest) -> bool:
+        """Whether ``peer``'s digest shows our view of it is out of date. Only against the
+        same db: otherwise its set holds packages we cannot believe and never matches."""
+        if self.cache is None or digest.db != self.inventory.order(repo, arch).digest:
+            return False
+        held = [e.sha256 for e in self.cache.peer_entries(peer, repo, arch)]
+        return held_digest(held) != digest.held
 
     def _on_connect(self, peer: str) -> None:
         host = self.host
@@ -300,14 +325,16 @@ class Swarm:
             spread = max(1, len(self.members) + 1)
             interval = self.config.swarm.digest_interval * spread
             await asyncio.sleep(interval * self.rng.uniform(0.5, 1.5))
-            if self.own is None:
-                continue
             for repo, arch in sorted(self._topics):
-                order = self.inventory.order(repo, arch)
-                held = [
-                    e.sha256 for e in self.own.announced(repo, arch, self.config.swarm.announce)
-                ]
-                await self.gossip.send_digest(repo, arch, order.digest, held)
+                await self.gossip.send_digest(repo, arch)
+
+    def digest(self, repo: str, arch: str) -> Digest | None:
+        """What this node announces of a repo, in 85 bytes (peers compare their view)."""
+        if self.own is None:
+            return None
+        order = self.inventory.order(repo, arch)
+        held = [e.sha256 for e in self.own.announced(repo, arch, self.config.swarm.announce)]
+        return Digest(db=order.digest, count=len(held), held=held_digest(held))
 
     def strike(self, peer: str, reason: str) -> None:
         """Count a verification failure against ``peer`` (used by audits)."""
