@@ -10,6 +10,12 @@ Printed, as ratios next to their targets (never pass/fail):
 * peer transfer throughput: a fresh node GETs every package while only peers have them
   (through its pacman-facing port), against the same GETs from nginx serving the files.
 
+Then where the time went: pacman's phases (download, its own signature checks, install) from
+its line-stamped output, for the direct clients and the nodes' clients alike; per node, when
+its log says it had each package (fetched, verified, committed) and from whom; CPU seconds of
+pacman (+ its gpg), of the nodes and of the nodes' gpg; the load average. The nodes run with
+the default config but for mDNS (off) and loopback addresses and --bootstrap (flags).
+
 The mirror is a static nginx with an access log (bytes sent per request); the packages are
 real pacman packages (``.PKGINFO`` + incompressible payload, zstd, detached signatures) so
 the real pacman installs them. The cluster runs staggered by default (node 1 installs, then
@@ -25,15 +31,10 @@ stopped on exit, also on Ctrl-C, SIGTERM or when the time limit is reached.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import os
 import resource
 import shutil
 import signal
-import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -42,20 +43,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchprocs import OutOfTime, Registry, cpu_seconds, install_stop_signals, wait_ready
-from benchrepo import (
-    ARCH,
-    REPO,
-    Keys,
-    Package,
-    check_trust,
-    db_path,
-    kill_agents,
-    make_keys,
-    repo_dir,
-    write_db,
-)
+from benchrepo import REPO, Keys, Package, db_path, kill_agents
 from benchservers import _start_nginx, free_port
 from httpclient import get_once
+from swarmrepo import build_repo
 from swarmtime import Run, describe_node, load_average, phase_table, run_pacman, warnings
 
 if TYPE_CHECKING:
@@ -144,75 +135,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         keep=a.keep,
         direct_only=a.direct_only,
     )
-
-
-# -- the repository: real, installable packages -----------------------------------------------
-
-
-def _pkginfo(name: str, payload: int) -> bytes:
-    lines = [
-        f"pkgname = {name}",
-        f"pkgbase = {name}",
-        "pkgver = 1.0-1",
-        "pkgdesc = pacswarm swarm benchmark package",
-        "url = https://pacswarm.test/",
-        f"builddate = {int(time.time())}",
-        "packager = pacswarm bench <packager@bench.invalid>",
-        f"size = {payload}",
-        f"arch = {ARCH}",
-        "license = MIT",
-    ]
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes | None, mode: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.mtime, info.mode, info.uname, info.gname = int(time.time()), mode, "root", "root"
-    if data is None:
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-    else:
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-
-def write_package(keys: Keys, directory: Path, name: str, payload: int) -> Package:
-    """``name``: a tar of .PKGINFO and ``payload`` random bytes, zstd'd and signed."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        _add(tar, ".PKGINFO", _pkginfo(name, payload), 0o644)
-        for folder in ("usr", "usr/share", f"usr/share/{name}"):
-            _add(tar, folder, None, 0o755)
-        _add(tar, f"usr/share/{name}/blob.bin", os.urandom(payload), 0o644)
-    path = directory / f"{name}-1.0-1-{ARCH}.pkg.tar.zst"
-    zstd = subprocess.run(
-        ["zstd", "-1", "-q", "-c"], input=raw.getvalue(), capture_output=True, check=True
-    )
-    path.write_bytes(zstd.stdout)
-    argv = ["gpg", "--homedir", str(keys.packager_home), "--batch", "--local-user"]
-    subprocess.run(
-        [*argv, keys.packager_fpr, "--detach-sign", "-o", f"{path}.sig", str(path)],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
-    return Package(name, path.stat().st_size, hashlib.sha256(zstd.stdout).hexdigest())
-
-
-def build_repo(s: Settings, tmp: Path, homes: list[Path]) -> tuple[Keys, list[Package]]:
-    t0 = time.monotonic()
-    keys = make_keys(tmp / "keys", homes)
-    directory = repo_dir(tmp / "origin")
-    directory.mkdir(parents=True)
-    pkgs = [
-        write_package(keys, directory, f"swarm{i + 1}", s.sizes[i % len(s.sizes)] * MiB)
-        for i in range(s.count)
-    ]
-    write_db(tmp / "origin", pkgs)
-    check_trust(keys, directory / pkgs[0].filename)
-    total = sum(p.size for p in pkgs)
-    print(f"repo: {len(pkgs)} packages, {total / MiB:.0f} MiB, {time.monotonic() - t0:.1f} s")
-    return keys, pkgs
 
 
 # -- the mirror and what it sent -----------------------------------------------------------------
@@ -493,7 +415,7 @@ def run_all(
 ) -> None:
     deadline = time.monotonic() + s.time_limit
     res.load.append(f"start {load_average()}")
-    keys, pkgs = build_repo(s, tmp, homes)
+    keys, pkgs = build_repo(tmp, homes, s.count, s.sizes)
     res.unique = sum(p.size for p in pkgs)
     origin = LoggedOrigin(reg, tmp / "nginx-origin", tmp / "origin")
     run_direct(tmp, origin, keys, pkgs, homes, res)
