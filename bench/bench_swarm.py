@@ -31,27 +31,37 @@ stopped on exit, also on Ctrl-C, SIGTERM or when the time limit is reached.
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchprocs import OutOfTime, Registry, cpu_seconds, install_stop_signals, wait_ready
+from benchprocs import OutOfTime, Registry, install_stop_signals, wait_ready
 from benchrepo import REPO, Keys, Package, db_path, kill_agents
 from benchservers import _start_nginx, free_port
 from httpclient import get_once
 from swarmrepo import build_repo
-from swarmtime import Run, describe_node, load_average, phase_table, run_pacman, warnings
+from swarmtime import (
+    Run,
+    describe_node,
+    in_parallel,
+    load_average,
+    nodes_cpu,
+    phase_table,
+    profile_summary,
+    run_pacman,
+    start_profilers,
+    stop_profilers,
+    waited_cpu,
+    warnings,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from tests.support.cluster import Cluster, SwarmNode
     from tests.support.pacman import PacmanEnv
 
@@ -92,6 +102,8 @@ class Settings:
     tmpdir: str | None
     keep: bool
     direct_only: bool
+    #: py-spy to sample the nodes with during the cluster installs (``--profile``), or "".
+    pyspy: str = ""
 
 
 @dataclass
@@ -112,6 +124,7 @@ class Results:
     load: list[str] = field(default_factory=list)
     #: CPU seconds by what spent them, per run ("direct", "cluster"): the machine has 2 cores.
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    profile: list[str] = field(default_factory=list)
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -124,6 +137,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--tmpdir", help="where to create the temp dir (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     p.add_argument("--direct-only", action="store_true", help="only the direct baseline")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the nodes with py-spy (PATH or $PYSPY) during the cluster installs",
+    )
     a = p.parse_args(argv)
     return Settings(
         count=max(1, a.packages),
@@ -134,7 +152,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         tmpdir=a.tmpdir,
         keep=a.keep,
         direct_only=a.direct_only,
+        pyspy=_pyspy() if a.profile else "",
     )
+
+
+def _pyspy() -> str:
+    found = os.environ.get("PYSPY") or shutil.which("py-spy")
+    if not found:
+        raise SystemExit("--profile needs py-spy: pip install py-spy, or set PYSPY=/path")
+    return found
 
 
 # -- the mirror and what it sent -----------------------------------------------------------------
@@ -189,27 +215,6 @@ def install(env: PacmanEnv, names: list[str], who: str, group: str, res: Results
             raise RuntimeError(f"pacman {args[0]} failed:\n{run.stdout[-3000:]}")
 
 
-def in_parallel(jobs: list[Callable[[], None]]) -> float:
-    """Run the callables at once in threads; wall seconds; the first error re-raised."""
-    errors: list[BaseException] = []
-
-    def run(job: Callable[[], None]) -> None:
-        try:
-            job()
-        except BaseException as e:  # reported below, in the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(job,), daemon=True) for job in jobs]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - t0
-
-
 def run_direct(
     tmp: Path,
     origin: LoggedOrigin,
@@ -224,9 +229,9 @@ def run_direct(
     jobs = [
         lambda i=i, e=e: install(e, names, f"direct{i}", "direct", res) for i, e in enumerate(envs)
     ]
-    before = _waited_cpu()
+    before = waited_cpu()
     res.direct_wall = in_parallel(jobs)
-    res.cpu["direct"] = {"pacman + its gpg": _waited_cpu() - before}
+    res.cpu["direct"] = {"pacman + its gpg": waited_cpu() - before}
     res.direct_bytes = origin.package_bytes(mark)
     print(f"direct: {NODES} pacman clients in {res.direct_wall:.1f} s", flush=True)
 
@@ -256,32 +261,27 @@ def add_node(cluster: Cluster, name: str, bootstrap: list[SwarmNode] | None = No
 def run_cluster(
     s: Settings, cluster: Cluster, origin: LoggedOrigin, pkgs: list[Package], res: Results
 ) -> None:
-    from tests.support.cluster import wait_known
-
     names = [p.name for p in pkgs]
     nodes = [add_node(cluster, f"node{i + 1}") for i in range(NODES)]
     mark = origin.mark()
-    before = _waited_cpu(), _nodes_cpu(nodes)
-    if s.together:
-        jobs = [lambda n=n: install(n.pacman, names, n.name, "nodes1-5", res) for n in nodes]
-        res.cluster_wall = in_parallel(jobs)
-    else:
-        # Node 1's install, then the others' at once; the wait for node 1's announcements in
-        # between is not counted (the other machines update "later"), only reported.
-        res.cluster_wall = in_parallel(
-            [lambda: install(nodes[0].pacman, names, "node1", "node1", res)]
-        )
-        t0 = time.perf_counter()
-        for node in nodes[1:]:
-            node.sync()
-            wait_known(node, [p.sha256 for p in pkgs], holder=nodes[0].peer_id)
-        res.announce_wait = time.perf_counter() - t0
-        jobs = [lambda n=n: install(n.pacman, names, n.name, "nodes2-5", res) for n in nodes[1:]]
-        res.cluster_wall += in_parallel(jobs)
+    outdir = cluster.base.parent / "profile"
+    pids = {n.name: n.proc.pid for n in nodes if n.proc is not None}
+    spies = start_profilers(s.pyspy, pids, outdir) if s.pyspy else []
+    before = waited_cpu(), nodes_cpu(nodes)
+    try:
+        if s.together:
+            jobs = [lambda n=n: install(n.pacman, names, n.name, "nodes1-5", res) for n in nodes]
+            res.cluster_wall = in_parallel(jobs)
+        else:
+            _staggered(nodes, names, [p.sha256 for p in pkgs], res)
+    finally:
+        stop_profilers(spies)
+    if spies:
+        res.profile = profile_summary([outdir / f"{name}.txt" for name in pids])
     res.cluster_bytes = origin.package_bytes(mark)
-    own, helpers = _nodes_cpu(nodes)
+    own, helpers = nodes_cpu(nodes)
     res.cpu["cluster"] = {
-        "pacman + its gpg": _waited_cpu() - before[0],
+        "pacman + its gpg": waited_cpu() - before[0],
         "pacswarm nodes": own - before[1][0],
         "nodes' gpg": helpers - before[1][1],
     }
@@ -289,16 +289,19 @@ def run_cluster(
     res.timeline = timeline(nodes, res)
 
 
-def _waited_cpu() -> float:
-    """CPU seconds of the bench's reaped children (pacman, and the gpg pacman runs)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _staggered(nodes: list[SwarmNode], names: list[str], sums: list[str], res: Results) -> None:
+    """Node 1's install, then the others' at once; the wait for node 1's announcements in
+    between is not counted (the other machines update "later"), only reported."""
+    from tests.support.cluster import wait_known
 
-
-def _nodes_cpu(nodes: list[SwarmNode]) -> tuple[float, float]:
-    """CPU seconds of the node processes themselves, and of their helpers (gpg)."""
-    pairs = [cpu_seconds(n.proc.pid) for n in nodes if n.proc is not None]
-    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    res.cluster_wall = in_parallel([lambda: install(nodes[0].pacman, names, "node1", "node1", res)])
+    t0 = time.perf_counter()
+    for node in nodes[1:]:
+        node.sync()
+        wait_known(node, sums, holder=nodes[0].peer_id)
+    res.announce_wait = time.perf_counter() - t0
+    jobs = [lambda n=n: install(n.pacman, names, n.name, "nodes2-5", res) for n in nodes[1:]]
+    res.cluster_wall += in_parallel(jobs)
 
 
 def timeline(nodes: list[SwarmNode], res: Results) -> list[str]:
@@ -401,6 +404,9 @@ def _report_time(res: Results) -> None:
     for run, spent in res.cpu.items():
         cells = ", ".join(f"{k} {v:.1f}" for k, v in spent.items())
         print(f"\nCPU seconds during the {run} installs: {cells}; total {sum(spent.values()):.1f}")
+    if res.profile:
+        print("\nwhere the nodes' CPU went (py-spy, during the cluster installs):")
+        print("\n".join(res.profile))
     if res.load:
         print("\nload average (1/5/15 min): " + "; ".join(res.load))
 

@@ -12,15 +12,22 @@ for the packages, that is the node's time to fetch and verify them.
 from __future__ import annotations
 
 import re
+import resource
 import statistics
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchprocs import cpu_seconds
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.support.cluster import SwarmNode
     from tests.support.pacman import PacmanEnv
 
 #: pacman -S phases, by the line that starts each (first match wins; order = pacman's).
@@ -177,3 +184,108 @@ def load_average() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "?"
+
+
+def in_parallel(jobs: list[Callable[[], None]]) -> float:
+    """Run the callables at once in threads; wall seconds; the first error re-raised."""
+    errors: list[BaseException] = []
+
+    def run(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # reported below, in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(job,), daemon=True) for job in jobs]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - t0
+
+
+def waited_cpu() -> float:
+    """CPU seconds of the bench's reaped children (pacman, and the gpg pacman runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def nodes_cpu(nodes: list[SwarmNode]) -> tuple[float, float]:
+    """CPU seconds of the node processes themselves, and of their helpers (gpg)."""
+    pairs = [cpu_seconds(n.proc.pid) for n in nodes if n.proc is not None]
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
+
+# -- optional: py-spy on the nodes (``--profile``) -----------------------------------------
+
+
+def start_profilers(
+    pyspy: str, pids: dict[str, int], outdir: Path
+) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` (raw collapsed stacks, CPU only) on each node, until stopped."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name, pid in pids.items():
+        argv = [pyspy, "record", "--pid", str(pid), "--format", "raw", "--nonblocking",
+                "--output", str(outdir / f"{name}.txt"), "--duration", "600"]  # fmt: skip
+        log = open(outdir / f"{name}.py-spy.log", "wb")  # noqa: SIM115 - handed to the child
+        procs.append(subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL))
+        log.close()
+    time.sleep(1.0)  # py-spy attaches
+    return procs
+
+
+def stop_profilers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGINT makes py-spy write what it sampled; kill any that does not end."""
+    import signal
+
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _frame(text: str) -> str:
+    """``func (path/to/mod.py:12)`` -> ``func (mod.py)``."""
+    func, _, where = text.partition(" (")
+    return f"{func} ({where.rsplit('/', 1)[-1].split(':', 1)[0]})"
+
+
+def profile_summary(files: list[Path], top: int = 12) -> list[str]:
+    """Where the nodes' CPU samples went: by leaf function, and by pacswarm caller."""
+    leaf: dict[str, int] = {}
+    ours: dict[str, int] = {}
+    total = 0
+    for file in files:
+        if not file.exists():
+            continue
+        for line in file.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            frames = [f for f in stack.split(";") if " (" in f and not f.startswith("thread")]
+            if not frames:
+                continue
+            total += n
+            key = _frame(frames[-1])
+            leaf[key] = leaf.get(key, 0) + n
+            mine = [f for f in frames if "/pacswarm/" in f]
+            key = _frame(mine[-1]) if mine else "(no pacswarm frame: libraries' own threads)"
+            ours[key] = ours.get(key, 0) + n
+    if not total:
+        return ["  no samples (py-spy could not attach?)"]
+    out = [f"  {total} samples (100/s, CPU only) over every node"]
+    for title, table in (("leaf function", leaf), ("innermost pacswarm frame", ours)):
+        out.append(f"  by {title}:")
+        for key, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            out.append(f"    {100 * n / total:5.1f}%  {key}")
+    return out
