@@ -274,17 +274,17 @@ def run_cluster(
             res.cluster_wall = in_parallel(jobs)
         else:
             _staggered(nodes, names, [p.sha256 for p in pkgs], res)
+        own, helpers = nodes_cpu(nodes)  # before py-spy ends: its CPU is not pacman's
+        res.cpu["cluster"] = {
+            "pacman + its gpg": waited_cpu() - before[0],
+            "pacswarm nodes": own - before[1][0],
+            "nodes' gpg": helpers - before[1][1],
+        }
     finally:
         stop_profilers(spies)
     if spies:
         res.profile = profile_summary([outdir / f"{name}.txt" for name in pids])
     res.cluster_bytes = origin.package_bytes(mark)
-    own, helpers = nodes_cpu(nodes)
-    res.cpu["cluster"] = {
-        "pacman + its gpg": waited_cpu() - before[0],
-        "pacswarm nodes": own - before[1][0],
-        "nodes' gpg": helpers - before[1][1],
-    }
     print(f"cluster: {NODES} pacswarm nodes in {res.cluster_wall:.1f} s", flush=True)
     res.timeline = timeline(nodes, res)
 

@@ -259,31 +259,44 @@ def _frame(text: str) -> str:
     return f"{func} ({where.rsplit('/', 1)[-1].split(':', 1)[0]})"
 
 
+#: Leaf frames of a thread that waits (py-spy --nonblocking still samples some of them).
+IDLE_LEAVES = frozenset(
+    ("EpollIOManager.get_events", "Condition.wait", "EpollSelector.select", "_worker", "Event.wait")
+)
+
+
 def profile_summary(files: list[Path], top: int = 12) -> list[str]:
-    """Where the nodes' CPU samples went: by leaf function, and by pacswarm caller."""
+    """Where the nodes' busy samples went: by leaf function, and by innermost pacswarm frame.
+
+    Samples whose leaf is a wait (:data:`IDLE_LEAVES`) are left out; under contention a
+    thread that is runnable but not running still counts, so shares are indicative only.
+    """
     leaf: dict[str, int] = {}
     ours: dict[str, int] = {}
-    total = 0
+    total = idle = 0
     for file in files:
         if not file.exists():
             continue
         for line in file.read_text(errors="replace").splitlines():
             stack, _, count = line.rpartition(" ")
-            if not count.isdigit():
+            frames = [f for f in stack.split(";") if " (" in f]
+            if not count.isdigit() or not frames:
                 continue
             n = int(count)
-            frames = [f for f in stack.split(";") if " (" in f and not f.startswith("thread")]
-            if not frames:
+            key = _frame(frames[-1])
+            if key.split(" (")[0] in IDLE_LEAVES:
+                idle += n
                 continue
             total += n
-            key = _frame(frames[-1])
             leaf[key] = leaf.get(key, 0) + n
-            mine = [f for f in frames if "/pacswarm/" in f]
-            key = _frame(mine[-1]) if mine else "(no pacswarm frame: libraries' own threads)"
-            ours[key] = ours.get(key, 0) + n
+            mine = [f for f in frames if "(pacswarm/" in f]
+            where = _frame(mine[-1]) if mine else "(no pacswarm frame)"
+            if "_thread_main (bridge.py)" in where:
+                where = "libp2p's trio thread (ipfs/bridge.py)"
+            ours[where] = ours.get(where, 0) + n
     if not total:
         return ["  no samples (py-spy could not attach?)"]
-    out = [f"  {total} samples (100/s, CPU only) over every node"]
+    out = [f"  {total} busy samples (100/s per thread) over every node; {idle} waiting, left out"]
     for title, table in (("leaf function", leaf), ("innermost pacswarm frame", ours)):
         out.append(f"  by {title}:")
         for key, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
