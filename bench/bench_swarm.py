@@ -10,6 +10,12 @@ Printed, as ratios next to their targets (never pass/fail):
 * peer transfer throughput: a fresh node GETs every package while only peers have them
   (through its pacman-facing port), against the same GETs from nginx serving the files.
 
+Then where the time went: pacman's phases (download, its own signature checks, install) from
+its line-stamped output, for the direct clients and the nodes' clients alike; per node, when
+its log says it had each package (fetched, verified, committed) and from whom; CPU seconds of
+pacman (+ its gpg), of the nodes and of the nodes' gpg; the load average. The nodes run with
+the default config but for mDNS (off) and loopback addresses and --bootstrap (flags).
+
 The mirror is a static nginx with an access log (bytes sent per request); the packages are
 real pacman packages (``.PKGINFO`` + incompressible payload, zstd, detached signatures) so
 the real pacman installs them. The cluster runs staggered by default (node 1 installs, then
@@ -25,41 +31,38 @@ stopped on exit, also on Ctrl-C, SIGTERM or when the time limit is reached.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import tarfile
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchprocs import OutOfTime, Registry, install_stop_signals, wait_ready
-from benchrepo import (
-    ARCH,
-    REPO,
-    Keys,
-    Package,
-    check_trust,
-    db_path,
-    kill_agents,
-    make_keys,
-    repo_dir,
-    write_db,
-)
+from benchrepo import REPO, Keys, Package, db_path, kill_agents
 from benchservers import _start_nginx, free_port
 from httpclient import get_once
+from swarmrepo import build_repo
+from swarmtime import (
+    Run,
+    describe_node,
+    in_parallel,
+    load_average,
+    nodes_cpu,
+    phase_table,
+    profile_summary,
+    run_pacman,
+    start_profilers,
+    stop_profilers,
+    waited_cpu,
+    warnings,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from tests.support.cluster import Cluster
+    from tests.support.cluster import Cluster, SwarmNode
     from tests.support.pacman import PacmanEnv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +77,12 @@ SIZES = (1, 2, 4, 8, 16)
 QUICK_SIZES = (1, 1, 2, 4)
 #: The test harness logs at debug level; a benchmark measures the node, not its logging.
 QUIET = ("--log-level", "info")
+#: A node's whole config file here: the defaults a user gets, except mDNS (off: nodes find
+#: each other by --bootstrap, so a bench never joins or disturbs other swarms on the host).
+#: Loopback addresses come as flags (--listen, --p2p-listen, --gateway-listen from
+#: tests/support/cluster.py). The test harness's own file also shortens stall_timeout (2 s)
+#: and mirror_penalty (60 s) for its failover tests and logs at debug level: not here.
+NODE_CONFIG = "mdns = false\n"
 
 _ORIGIN_LOGGED = """    log_format bytes '$request_uri $status $body_bytes_sent';
     server {{
@@ -93,6 +102,8 @@ class Settings:
     tmpdir: str | None
     keep: bool
     direct_only: bool
+    #: py-spy to sample the nodes with during the cluster installs (``--profile``), or "".
+    pyspy: str = ""
 
 
 @dataclass
@@ -106,6 +117,14 @@ class Results:
     nginx_mbps: list[float] = field(default_factory=list)
     peer_upstream: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Every pacman command, by group ("direct", "node1", "nodes2-5", ...).
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    announce_wait: float = 0.0
+    timeline: list[str] = field(default_factory=list)
+    load: list[str] = field(default_factory=list)
+    #: CPU seconds by what spent them, per run ("direct", "cluster"): the machine has 2 cores.
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    profile: list[str] = field(default_factory=list)
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -118,6 +137,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--tmpdir", help="where to create the temp dir (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     p.add_argument("--direct-only", action="store_true", help="only the direct baseline")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the nodes with py-spy (PATH or $PYSPY) during the cluster installs",
+    )
     a = p.parse_args(argv)
     return Settings(
         count=max(1, a.packages),
@@ -128,76 +152,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         tmpdir=a.tmpdir,
         keep=a.keep,
         direct_only=a.direct_only,
+        pyspy=_pyspy() if a.profile else "",
     )
 
 
-# -- the repository: real, installable packages -----------------------------------------------
-
-
-def _pkginfo(name: str, payload: int) -> bytes:
-    lines = [
-        f"pkgname = {name}",
-        f"pkgbase = {name}",
-        "pkgver = 1.0-1",
-        "pkgdesc = pacswarm swarm benchmark package",
-        "url = https://pacswarm.test/",
-        f"builddate = {int(time.time())}",
-        "packager = pacswarm bench <packager@bench.invalid>",
-        f"size = {payload}",
-        f"arch = {ARCH}",
-        "license = MIT",
-    ]
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes | None, mode: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.mtime, info.mode, info.uname, info.gname = int(time.time()), mode, "root", "root"
-    if data is None:
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-    else:
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-
-def write_package(keys: Keys, directory: Path, name: str, payload: int) -> Package:
-    """``name``: a tar of .PKGINFO and ``payload`` random bytes, zstd'd and signed."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        _add(tar, ".PKGINFO", _pkginfo(name, payload), 0o644)
-        for folder in ("usr", "usr/share", f"usr/share/{name}"):
-            _add(tar, folder, None, 0o755)
-        _add(tar, f"usr/share/{name}/blob.bin", os.urandom(payload), 0o644)
-    path = directory / f"{name}-1.0-1-{ARCH}.pkg.tar.zst"
-    zstd = subprocess.run(
-        ["zstd", "-1", "-q", "-c"], input=raw.getvalue(), capture_output=True, check=True
-    )
-    path.write_bytes(zstd.stdout)
-    argv = ["gpg", "--homedir", str(keys.packager_home), "--batch", "--local-user"]
-    subprocess.run(
-        [*argv, keys.packager_fpr, "--detach-sign", "-o", f"{path}.sig", str(path)],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
-    return Package(name, path.stat().st_size, hashlib.sha256(zstd.stdout).hexdigest())
-
-
-def build_repo(s: Settings, tmp: Path, homes: list[Path]) -> tuple[Keys, list[Package]]:
-    t0 = time.monotonic()
-    keys = make_keys(tmp / "keys", homes)
-    directory = repo_dir(tmp / "origin")
-    directory.mkdir(parents=True)
-    pkgs = [
-        write_package(keys, directory, f"swarm{i + 1}", s.sizes[i % len(s.sizes)] * MiB)
-        for i in range(s.count)
-    ]
-    write_db(tmp / "origin", pkgs)
-    check_trust(keys, directory / pkgs[0].filename)
-    total = sum(p.size for p in pkgs)
-    print(f"repo: {len(pkgs)} packages, {total / MiB:.0f} MiB, {time.monotonic() - t0:.1f} s")
-    return keys, pkgs
+def _pyspy() -> str:
+    found = os.environ.get("PYSPY") or shutil.which("py-spy")
+    if not found:
+        raise SystemExit("--profile needs py-spy: pip install py-spy, or set PYSPY=/path")
+    return found
 
 
 # -- the mirror and what it sent -----------------------------------------------------------------
@@ -243,32 +206,13 @@ def pacman_env(base: Path, server: str, keys: Keys, homes: list[Path]) -> Pacman
     return PacmanEnv(base, [server], gpgdir, repos=(REPO,))
 
 
-def install(env: PacmanEnv, names: list[str]) -> None:
+def install(env: PacmanEnv, names: list[str], who: str, group: str, res: Results) -> None:
+    """``pacman -Sy`` then ``-S names``, each run recorded under ``group`` (for its phases)."""
     for args in (("-Sy",), ("-S", *names)):
-        result = env.run(*args, timeout=PACMAN_TIMEOUT)
-        if result.returncode != 0:
-            raise RuntimeError(f"pacman {' '.join(args[:1])} failed:\n{result.stdout[-3000:]}")
-
-
-def in_parallel(jobs: list[Callable[[], None]]) -> float:
-    """Run the callables at once in threads; wall seconds; the first error re-raised."""
-    errors: list[BaseException] = []
-
-    def run(job: Callable[[], None]) -> None:
-        try:
-            job()
-        except BaseException as e:  # reported below, in the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(job,), daemon=True) for job in jobs]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - t0
+        run = run_pacman(env, who, *args, timeout=PACMAN_TIMEOUT)
+        res.runs.setdefault(f"{group} {args[0]}", []).append(run)  # list.append: thread-safe
+        if run.returncode != 0:
+            raise RuntimeError(f"pacman {args[0]} failed:\n{run.stdout[-3000:]}")
 
 
 def run_direct(
@@ -282,7 +226,12 @@ def run_direct(
     names = [p.name for p in pkgs]
     envs = [pacman_env(tmp / f"direct{i}", origin.url_template, keys, homes) for i in range(NODES)]
     mark = origin.mark()
-    res.direct_wall = in_parallel([lambda e=e: install(e, names) for e in envs])
+    jobs = [
+        lambda i=i, e=e: install(e, names, f"direct{i}", "direct", res) for i, e in enumerate(envs)
+    ]
+    before = waited_cpu()
+    res.direct_wall = in_parallel(jobs)
+    res.cpu["direct"] = {"pacman + its gpg": waited_cpu() - before}
     res.direct_bytes = origin.package_bytes(mark)
     print(f"direct: {NODES} pacman clients in {res.direct_wall:.1f} s", flush=True)
 
@@ -300,29 +249,76 @@ def start_cluster(tmp: Path, origin: LoggedOrigin, keys: Keys, homes: list[Path]
     return cluster
 
 
+def add_node(cluster: Cluster, name: str, bootstrap: list[SwarmNode] | None = None) -> SwarmNode:
+    """A started node with :data:`NODE_CONFIG` whose pacman uses the bench repo only."""
+    node = cluster.add(name, bootstrap=bootstrap, args=QUIET, start=False)
+    node.config.write_text(NODE_CONFIG)
+    node.pacman.repos = (REPO,)
+    node.pacman.write_config()
+    return node.start()
+
+
 def run_cluster(
     s: Settings, cluster: Cluster, origin: LoggedOrigin, pkgs: list[Package], res: Results
 ) -> None:
-    from tests.support.cluster import wait_known
-
     names = [p.name for p in pkgs]
-    nodes = [cluster.add(f"node{i + 1}", args=QUIET) for i in range(NODES)]
-    for node in nodes:
-        node.pacman.repos = (REPO,)
-        node.pacman.write_config()
+    nodes = [add_node(cluster, f"node{i + 1}") for i in range(NODES)]
     mark = origin.mark()
-    if s.together:
-        res.cluster_wall = in_parallel([lambda n=n: install(n.pacman, names) for n in nodes])
-    else:
-        # Node 1's install, then the others' at once; the wait for node 1's announcements in
-        # between is not counted (the other machines update "later").
-        res.cluster_wall = in_parallel([lambda: install(nodes[0].pacman, names)])
-        for node in nodes[1:]:
-            node.sync()
-            wait_known(node, [p.sha256 for p in pkgs], holder=nodes[0].peer_id)
-        res.cluster_wall += in_parallel([lambda n=n: install(n.pacman, names) for n in nodes[1:]])
+    outdir = cluster.base.parent / "profile"
+    pids = {n.name: n.proc.pid for n in nodes if n.proc is not None}
+    spies = start_profilers(s.pyspy, pids, outdir) if s.pyspy else []
+    before = waited_cpu(), nodes_cpu(nodes)
+    try:
+        if s.together:
+            jobs = [lambda n=n: install(n.pacman, names, n.name, "nodes1-5", res) for n in nodes]
+            res.cluster_wall = in_parallel(jobs)
+        else:
+            _staggered(nodes, names, [p.sha256 for p in pkgs], res)
+        own, helpers = nodes_cpu(nodes)  # before py-spy ends: its CPU is not pacman's
+        res.cpu["cluster"] = {
+            "pacman + its gpg": waited_cpu() - before[0],
+            "pacswarm nodes": own - before[1][0],
+            "nodes' gpg": helpers - before[1][1],
+        }
+    finally:
+        stop_profilers(spies)
+    if spies:
+        res.profile = profile_summary([outdir / f"{name}.txt" for name in pids])
     res.cluster_bytes = origin.package_bytes(mark)
     print(f"cluster: {NODES} pacswarm nodes in {res.cluster_wall:.1f} s", flush=True)
+    res.timeline = timeline(nodes, res)
+
+
+def _staggered(nodes: list[SwarmNode], names: list[str], sums: list[str], res: Results) -> None:
+    """Node 1's install, then the others' at once; the wait for node 1's announcements in
+    between is not counted (the other machines update "later"), only reported."""
+    from tests.support.cluster import wait_known
+
+    res.cluster_wall = in_parallel([lambda: install(nodes[0].pacman, names, "node1", "node1", res)])
+    t0 = time.perf_counter()
+    for node in nodes[1:]:
+        node.sync()
+        wait_known(node, sums, holder=nodes[0].peer_id)
+    res.announce_wait = time.perf_counter() - t0
+    jobs = [lambda n=n: install(n.pacman, names, n.name, "nodes2-5", res) for n in nodes[1:]]
+    res.cluster_wall += in_parallel(jobs)
+
+
+def timeline(nodes: list[SwarmNode], res: Results) -> list[str]:
+    """Per node: where its packages came from, when (from its log), and its warnings."""
+    installs = {r.who: r for k, rs in res.runs.items() if k.endswith(" -S") for r in rs}
+    lines = []
+    for node in nodes:
+        run = installs.get(node.name)
+        if run is None:
+            continue
+        log = node.log()
+        lines.append(describe_node(node.name, log, run))
+        lines.extend(f"    {w[:220]}" for w in warnings(log, run.start)[:6])
+        kad = log.count("Error sending ADD_PROVIDER")  # py-libp2p's own, unstamped lines
+        if kad:
+            lines.append(f"    py-libp2p: {kad} x 'Error sending ADD_PROVIDER' (DHT provide)")
+    return lines
 
 
 def run_throughput(
@@ -334,16 +330,18 @@ def run_throughput(
     paths = [p.path for p in pkgs]
     total = sum(p.size for p in pkgs)
     for rep in range(s.reps):
-        fresh = cluster.add(f"fresh{rep}", bootstrap=[cluster["node1"]], args=QUIET)
-        get_once(fresh.port, db_path(), timeout=60)  # the db, as pacman -Sy would fetch it
-        wait_known(fresh, [p.sha256 for p in pkgs])
+        fresh = add_node(cluster, f"fresh{rep}", bootstrap=[cluster["node1"]])
+        t0 = time.perf_counter()
+        wait_known(fresh, [p.sha256 for p in pkgs])  # pacman -Sy through it first, as a user
+        learn = time.perf_counter() - t0
         mark = origin.mark()
         res.peer_mbps.append(_get_all(fresh.port, paths, total))
         res.peer_upstream += origin.package_bytes(mark)
         res.nginx_mbps.append(_get_all(origin.port, paths, total))
         fresh.close()
         print(f"  rep {rep + 1}: peers {res.peer_mbps[-1]:.0f} MB/s, "
-              f"nginx {res.nginx_mbps[-1]:.0f} MB/s", flush=True)  # fmt: skip
+              f"nginx {res.nginx_mbps[-1]:.0f} MB/s (-Sy + holders known: {learn:.1f} s)",
+              flush=True)  # fmt: skip
 
 
 def _get_all(port: int, paths: list[str], total: int) -> float:
@@ -377,10 +375,40 @@ def report(res: Results, stopped: str) -> None:
         print(f"\npeer transfer (fresh node, peers only): {peer:.0f} MB/s; nginx static: "
               f"{ngx:.0f} MB/s; ratio {peer / ngx:.2f}; upstream during it: "
               f"{res.peer_upstream} B")  # fmt: skip
+    _report_time(res)
     for note in res.notes:
         print(f"\nnote: {note}")
     if stopped:
         print(f"\nstopped early: {stopped}")
+
+
+def _report_time(res: Results) -> None:
+    """pacman's phases per group, the wait for announcements, each node's timeline."""
+    if not res.runs:
+        return
+    print("\nwhere the time goes: pacman phases (line-stamped output)")
+    for key in sorted(res.runs, key=lambda k: (k.split()[0], k.endswith("-S"))):
+        if key.endswith(" -S"):
+            print(phase_table(key, res.runs[key]))
+        else:
+            runs = res.runs[key]
+            secs = sorted(r.end - r.start for r in runs)
+            print(f"  {key} (n={len(runs)}): median {secs[len(secs) // 2]:.2f} s")
+    if res.announce_wait:
+        print(f"  nodes 2-5: -Sy + waiting to know node1 holds all: {res.announce_wait:.2f} s "
+              "(not in the cluster wall time)")  # fmt: skip
+    if res.timeline:
+        print("\neach node's log (cached = fetched + verified + committed by the node):")
+        for line in res.timeline:
+            print(line)
+    for run, spent in res.cpu.items():
+        cells = ", ".join(f"{k} {v:.1f}" for k, v in spent.items())
+        print(f"\nCPU seconds during the {run} installs: {cells}; total {sum(spent.values()):.1f}")
+    if res.profile:
+        print("\nwhere the nodes' CPU went (py-spy, during the cluster installs):")
+        print("\n".join(res.profile))
+    if res.load:
+        print("\nload average (1/5/15 min): " + "; ".join(res.load))
 
 
 def _median(values: list[float]) -> float:
@@ -392,10 +420,12 @@ def run_all(
     s: Settings, tmp: Path, reg: Registry, homes: list[Path], res: Results, box: list[Cluster]
 ) -> None:
     deadline = time.monotonic() + s.time_limit
-    keys, pkgs = build_repo(s, tmp, homes)
+    res.load.append(f"start {load_average()}")
+    keys, pkgs = build_repo(tmp, homes, s.count, s.sizes)
     res.unique = sum(p.size for p in pkgs)
     origin = LoggedOrigin(reg, tmp / "nginx-origin", tmp / "origin")
     run_direct(tmp, origin, keys, pkgs, homes, res)
+    res.load.append(f"after direct {load_average()}")
     if s.direct_only:
         return
     try:
@@ -406,9 +436,11 @@ def run_all(
     cluster = start_cluster(tmp, origin, keys, homes)
     box.append(cluster)
     run_cluster(s, cluster, origin, pkgs, res)
+    res.load.append(f"after cluster {load_average()}")
     if time.monotonic() > deadline:
         raise OutOfTime(f"time limit of {s.time_limit:.0f} s reached")
     run_throughput(s, cluster, origin, pkgs, res)
+    res.load.append(f"end {load_average()}")
 
 
 def main(argv: list[str] | None = None) -> int:
