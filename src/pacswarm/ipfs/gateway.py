@@ -332,21 +332,25 @@ async def _car(
         log.warning("gateway: %s", e)
         raise web.HTTPNotFound(text=f"{cid} is not on this node\n") from None
     await resp.prepare(request)
-    await resp.write(encode_header(cid))
-    batch = first
-    while batch:
-        if not await _pace(request, lease, sum(map(len, batch))):
-            _cut(request)
-            return resp
-        for piece in batch:  # frame heads and blocks as they are: no joining copies
-            await resp.write(piece)
-        try:
-            batch = await asyncio.to_thread(_batch, walk)
-        except Exception as e:  # whatever it is, the CAR must not look complete
-            log.warning("gateway: CAR of %s cut short: %s", cid, e)
-            _cut(request)
-            return resp
-    await resp.write_eof()
+    try:
+        await resp.write(encode_header(cid))
+        batch = first
+        while batch:
+            if not await _pace(request, lease, sum(map(len, batch))):
+                _cut(request)
+                return resp
+            for piece in batch:  # frame heads and blocks as they are: no joining copies
+                await resp.write(piece)
+            try:
+                batch = await asyncio.to_thread(_batch, walk)
+            except Exception as e:  # whatever it is, the CAR must not look complete
+                log.warning("gateway: CAR of %s cut short: %s", cid, e)
+                _cut(request)
+                return resp
+        await resp.write_eof()
+    except ConnectionResetError:
+        # The peer hung up (it had enough, or switched source): normal, not an error.
+        log.debug("gateway: client went away during the CAR of %s", cid)
     return resp
 
 
