@@ -87,7 +87,9 @@ class Proxy:
                 return await self.serve_signature(request, rp)
             return await pass_through(self.upstream, request, rp)
         except UpstreamError as e:
-            log.warning("%s", e)
+            # Arch publishes no .db.sig: pacman asks on every -Sy, and a 404 is the norm.
+            quiet = e.status == 404 and rp.kind is FileKind.DB and rp.filename.endswith(".sig")
+            log.log(logging.INFO if quiet else logging.WARNING, "%s", e)
             if e.status == 404:
                 raise web.HTTPNotFound(text=f"{rp.filename} not found on any mirror\n") from None
             raise web.HTTPBadGateway(text=f"{e}\n") from None
