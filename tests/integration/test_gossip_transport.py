@@ -500,6 +500,12 @@ def test_malformed_frames_on_every_protocol_cost_only_the_attackers_streams(
 def test_a_flood_of_5000_junk_frames_from_one_peer_leaves_the_victim_working(
     tmp_path: Path,
 ) -> None:
+    """Junk RPCs (random keys, signatures, controls) and non-RPC frames, 500 per stream.
+
+    Without the guards a published message with a garbage key ended the victim's pubsub
+    service (py's signature check raises under ``push_msg``), and the host with it.
+    """
+
     async def main() -> tuple[int, int, dict[str, int], str]:
         got: list[bytes] = []
         rng = random.Random(5000)
