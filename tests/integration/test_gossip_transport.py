@@ -8,7 +8,9 @@ outlives it (trio threads, py-libp2p's seen-cache sweeper).
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -17,10 +19,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.utils import encode_varint_prefixed
 
+from pacswarm.ipfs.bitswap import MemoryBlocks
+from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.host import P2PHost, PeerRefused
 from pacswarm.ipfs.pubsub import GRAYLIST_THRESHOLD, MAX_PUBLISH, PubsubError
 from pacswarm.ipfs.reqresp import RequestFailed
+from pacswarm.ipfs.unixfs import import_bytes
+from pacswarm.swarm.protocol import INVENTORY_PROTOCOL
 
 T = TypeVar("T")
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -358,3 +369,156 @@ def test_a_graylisted_forwarder_cannot_make_us_lose_what_honest_ones_relay(tmp_p
     got, drops, bad_id = run(main())
     assert sorted(got) == [b"m%03d" % n for n in range(count)]
     assert set(drops) <= {bad_id}
+
+
+# ── hostile frames: one peer's garbage must cost only its own stream ───────────────────
+
+MESHSUB = ["/meshsub/1.2.0", "/meshsub/1.1.0", "/meshsub/1.0.0"]
+BITSWAP = ["/ipfs/bitswap/1.2.0", "/ipfs/bitswap/1.1.0", "/ipfs/bitswap/1.0.0"]
+BAD_FRAMES = {
+    # 0x0f is field 1 with wire type 7, which no protobuf has (as tests/support/hostile.py)
+    "garbage": encode_varint_prefixed(b"\x0f" + bytes(range(63))),
+    "truncated": encode_varint_prefixed(b"\x0a" * 100)[:20],  # then the stream closes
+    "oversized": b"\x80\x80\x80\x20" + b"\x00" * 1000,  # a 64 MiB frame announced
+    "noise": random.Random(7).randbytes(8192),
+}
+
+
+async def send_raw(attacker: P2PHost, victim: str, protocol: str, frames: list[bytes]) -> None:
+    """Open one stream and write ``frames``; a new stream whenever the victim resets it."""
+
+    async def in_trio() -> None:
+        assert attacker.libp2p_host is not None
+        stream = None
+        for frame in frames:
+            for _ in range(2):
+                try:
+                    if stream is None:
+                        stream = await attacker.libp2p_host.new_stream(
+                            ID.from_base58(victim), [TProtocol(protocol)]
+                        )
+                    await stream.write(frame)
+                    break
+                except Exception:
+                    stream = None  # reset by the victim: try once on a fresh stream
+        if stream is not None:
+            with trio.move_on_after(1):
+                await stream.close()
+
+    await attacker.bridge.run(in_trio)
+
+
+def junk_rpc(rng: random.Random, topic: str) -> bytes:
+    """A frame from a flood: mostly well-formed RPCs full of nonsense, some no RPC at all."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        return encode_varint_prefixed(b"\x0f" + rng.randbytes(rng.randint(0, 200)))
+    rpc = rpc_pb2.RPC()
+    if kind == 1:  # a publish with a random origin, seqno and signature
+        rpc.publish.add(
+            from_id=rng.randbytes(rng.randint(0, 40)),
+            data=rng.randbytes(rng.randint(0, 300)),
+            seqno=rng.randbytes(8),
+            topicIDs=[topic],
+            signature=rng.randbytes(64),
+            key=rng.randbytes(rng.randint(0, 40)),
+        )
+    elif kind == 2:
+        rpc.subscriptions.add(subscribe=rng.random() < 0.5, topicid=rng.choice([topic, "x"]))
+    elif kind == 3:
+        rpc.control.ihave.add(topicID=topic, messageIDs=[rng.randbytes(20) for _ in range(5)])
+        rpc.control.iwant.add(messageIDs=[rng.randbytes(rng.randint(0, 30))])
+    else:
+        rpc.control.graft.add(topicID=topic)
+        rpc.control.prune.add(topicID=topic, backoff=rng.randrange(1 << 40))
+    return encode_varint_prefixed(rpc.SerializeToString())
+
+
+async def still_serves(victim: P2PHost, honest: P2PHost, root: CID, got: list[bytes]) -> int:
+    """The victim delivers honest gossip, answers a request and serves Bitswap; file size."""
+    assert victim.bridge.running, "the victim's libp2p side died"
+    await honest.pubsub.publish(TOPIC, b"honest after the attack")
+    await until(lambda: b"honest after the attack" in got, 20, "honest gossip")
+    answer = await honest.requests.ask(victim.peer_id, INVENTORY_PROTOCOL, b"inventory?")
+    assert answer == b"inventory!"
+    out = io.BytesIO()
+    return await honest.fetch_file(root, out, peers=[victim.listen_addrs()[0]], stall_timeout=10)
+
+
+@asynccontextmanager
+async def victim_honest_attacker(tmp_path: Path, got: list[bytes]) -> AsyncIterator[Any]:
+    """A victim serving gossip, a request protocol and a file; honest and hostile peers."""
+    data = random.Random(1).randbytes(600_000)
+    dag = import_bytes(data)
+    blocks = MemoryBlocks(
+        (leaf.cid, data[leaf.offset : leaf.offset + leaf.length]) for leaf in dag.leaves
+    )
+    for inner in dag.inner:
+        blocks.put(inner.cid, inner.block)
+
+    async def answer(peer: str, request: bytes) -> bytes:
+        return b"inventory!"
+
+    async with hosts(tmp_path, 2) as (honest, attacker):
+        victim = P2PHost(tmp_path / "victim", LOOPBACK, mdns=False, blocks=blocks)
+        await victim.start()
+        try:
+            victim.requests.serve(INVENTORY_PROTOCOL, answer, max_request=64, max_response=64)
+            await honest.pubsub.join(TOPIC, accept, ignore)
+            await victim.pubsub.join(TOPIC, accept, lambda p, d: got.append(d))
+            await chain([honest, victim], TOPIC)
+            await attacker.connect(victim.listen_addrs()[0])
+            yield victim, honest, attacker, dag
+        finally:
+            await victim.stop()
+
+
+def test_malformed_frames_on_every_protocol_cost_only_the_attackers_streams(
+    tmp_path: Path,
+) -> None:
+    """Without the guards the first non-RPC gossipsub frame ended the victim's whole host."""
+
+    async def main() -> tuple[int, int, dict[str, int], dict[str, int], str, str]:
+        got: list[bytes] = []
+        async with victim_honest_attacker(tmp_path, got) as (victim, honest, attacker, dag):
+            for protocol in [*MESHSUB, INVENTORY_PROTOCOL, *BITSWAP]:
+                for frame in BAD_FRAMES.values():
+                    await send_raw(attacker, victim.peer_id, protocol, [frame])
+            await asyncio.sleep(0.5)
+            size = await still_serves(victim, honest, dag.root, got)
+            drops = victim.pubsub.drops()
+            print(f"\ndrops {drops}, stream errors {victim.stream_errors()}")
+            return size, dag.size, drops, victim.stream_errors(), attacker.peer_id, honest.peer_id
+
+    size, expected, drops, _errors, attacker_id, honest_id = run(main())
+    assert size == expected
+    # garbage, truncated, oversized and noise on each of the three gossipsub versions
+    assert drops.get(attacker_id, 0) >= 3 * 3, drops
+    assert honest_id not in drops
+
+
+def test_a_flood_of_5000_junk_frames_from_one_peer_leaves_the_victim_working(
+    tmp_path: Path,
+) -> None:
+    """Junk RPCs (random keys, signatures, controls) and non-RPC frames, 500 per stream.
+
+    Without the guards a published message with a garbage key ended the victim's pubsub
+    service (py's signature check raises under ``push_msg``), and the host with it.
+    """
+
+    async def main() -> tuple[int, int, dict[str, int], str]:
+        got: list[bytes] = []
+        rng = random.Random(5000)
+        async with victim_honest_attacker(tmp_path, got) as (victim, honest, attacker, dag):
+            frames = [junk_rpc(rng, TOPIC) for _ in range(5000)]
+            for i in range(0, len(frames), 500):
+                protocol = MESHSUB[i // 500 % len(MESHSUB)]
+                await send_raw(attacker, victim.peer_id, protocol, frames[i : i + 500])
+            await asyncio.sleep(1)
+            size = await still_serves(victim, honest, dag.root, got)
+            print(f"\nflood: drops {victim.pubsub.drops()}, stream errors {victim.stream_errors()}")
+            return size, dag.size, victim.pubsub.drops(), honest.peer_id
+
+    size, expected, drops, honest_id = run(main())
+    assert size == expected
+    assert honest_id not in drops

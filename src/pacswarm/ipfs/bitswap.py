@@ -279,7 +279,11 @@ class BitswapEngine:
                 return
             if msg is None:
                 return
-            self._on_message(peer, protocol, msg)
+            try:
+                self._on_message(peer, protocol, msg)
+            except Exception as e:  # our want streams run in the host's nursery: never raise
+                log.info("bitswap message from %s broke its handling (%r): stream ended", peer, e)
+                return
 
     def _on_message(self, peer: ID, protocol: TProtocol, msg: Message) -> None:
         if msg.HasField("wantlist") and msg.wantlist.entries:

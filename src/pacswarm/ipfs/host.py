@@ -20,6 +20,11 @@ Choices, and why:
   applied as soon as a connection comes up, and the asyncio side gets ``watch_peers``
   callbacks plus snapshots (``peer_ips``, ``peer_protocols``) instead of touching libp2p
   state from its own thread.
+* Every inbound stream's handler (any protocol: gossipsub, Bitswap, request/response, DHT,
+  identify) runs inside :func:`_guard_streams`: py-libp2p runs handlers in the connection's
+  task, and a handler that raises (one malformed frame from one peer) cancelled the swarm and
+  ended this whole host. Now the stream is reset, the peer's ``stream_errors`` count goes up,
+  and everything else carries on.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -122,6 +127,31 @@ class _ConnectNotifee(INotifee):
         return None
 
 
+StreamHandler = Callable[[INetStream], Awaitable[None]]
+
+
+def _guard_streams(network: INetwork, on_error: Callable[[str], None]) -> None:
+    """Wrap the swarm's one entry point for inbound streams (see the module docstring)."""
+    if not isinstance(network, Swarm):
+        return
+    inner: StreamHandler = network.common_stream_handler
+
+    async def guarded(stream: INetStream) -> None:
+        try:
+            await inner(stream)
+        except Exception as e:
+            peer = stream.muxed_conn.peer_id.to_base58()
+            protocol = stream.get_protocol()
+            log.info(
+                "stream %s from %s failed (%s: %s): reset", protocol, peer, type(e).__name__, e
+            )
+            on_error(peer)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+
+    network.set_stream_handler(guarded)
+
+
 def _build_host(key: KeyPair, listen: list[multiaddr.Multiaddr], mdns: bool) -> IHost:
     noise = NoiseTransport(key, noise_privkey=new_x25519_key_pair().private_key)
     config = ConnectionConfig(min_connections=0, low_watermark=0)
@@ -188,6 +218,7 @@ class P2PHost:
         self._watchers: list[tuple[PeerCallback, PeerCallback, asyncio.AbstractEventLoop]] = []
         self._ips: dict[str, list[str]] = {}  # every connected peer
         self._protocols: dict[str, list[str]] = {}  # peers reported to watchers
+        self._stream_errors: dict[str, int] = {}  # inbound streams whose handler raised
 
     # lifecycle ------------------------------------------------------------------------------
 
@@ -230,6 +261,7 @@ class P2PHost:
         self._stop, self._stopped = trio.Event(), trio.Event()
         listen = [multiaddr.Multiaddr(a) for a in self._listen]
         host = _build_host(self._key, listen, self._mdns)
+        _guard_streams(host.get_network(), self._count_stream_error)
         self.libp2p_host = host
         self.dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
         self.bitswap = BitswapEngine(host, self.blocks, self._access)
@@ -351,6 +383,15 @@ class P2PHost:
                 log.debug("DHT add_peer %s failed: %r", peer, e)
 
     # asyncio API ----------------------------------------------------------------------------
+
+    def _count_stream_error(self, peer: str) -> None:
+        with self._lock:
+            self._stream_errors[peer] = self._stream_errors.get(peer, 0) + 1
+
+    def stream_errors(self) -> dict[str, int]:
+        """Inbound streams, per peer, that were reset because their handler raised."""
+        with self._lock:
+            return dict(self._stream_errors)
 
     def watch_peers(self, on_connect: PeerCallback, on_disconnect: PeerCallback) -> None:
         """Call ``on_connect(peer_id)`` / ``on_disconnect(peer_id)`` on this asyncio loop.

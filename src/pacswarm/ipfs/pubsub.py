@@ -42,18 +42,28 @@ Parameters, set on purpose (py-libp2p's defaults lose a burst silently; field no
   stays off: LAN peers and test peers share addresses legitimately.
 * Protocols ``/meshsub/1.2.0``, ``1.1.0``, ``1.0.0`` (what kubo, Helia and go speak; py's
   1.3+ extensions are not needed). Mesh degree D=6, D_lo=4, D_hi=12 (go's defaults).
+* **One peer's bad input costs only that peer's stream.** py's reader catches a few stream
+  errors but not a frame that is no protobuf RPC (``DecodeError``) nor any error while
+  handling one RPC; that exception ended the pubsub service or the swarm's connection task,
+  and with it the whole host (gossip, Bitswap, DHT). :meth:`_Pubsub.stream_handler` catches
+  everything a read or an RPC raises: the stream is reset, py forgets the peer's stream
+  state (as after any dead stream), and a drop is counted against the peer. The same for
+  the tasks py starts per message or per peer (``push_msg``, replays, GRAFTs): a failure is
+  logged (and for a message, counted), never fatal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -119,13 +129,86 @@ class _GossipSub(GossipSub):
             await super()._emit_idontwant_for_message(msg_id, topic_ids)
 
 
+class _ResetWatch:
+    """A stream as py's reader sees it, noting whether py reset it (an oversized RPC)."""
+
+    def __init__(self, stream: INetStream) -> None:
+        self._stream = stream
+        self.reset_by_reader = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def reset(self) -> None:
+        self.reset_by_reader = True
+        await self._stream.reset()
+
+
+class _ForgivingManager:
+    """py's service manager, but a non-daemon task that raises is logged, not fatal.
+
+    py runs work for one peer or one message (``push_msg``, replays, GRAFTs on subscribe,
+    the per-peer sender) as service tasks, and a service cancels itself when any task
+    raises: one bad message would stop pubsub, and the host with it.
+    """
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+    def run_task(
+        self, async_fn: Callable[..., Awaitable[Any]], *args: Any, daemon: bool = False, **kw: Any
+    ) -> None:
+        if daemon:  # a daemon's end is meant to stop the service
+            self._manager.run_task(async_fn, *args, daemon=True, **kw)
+            return
+
+        async def guarded(*a: Any) -> None:
+            try:
+                await async_fn(*a)
+            except Exception:
+                peer = a[0] if a and isinstance(a[0], ID) else "?"
+                name = getattr(async_fn, "__name__", repr(async_fn))
+                log.warning("pubsub task %s for peer %s failed", name, peer, exc_info=True)
+
+        kw.setdefault("name", getattr(async_fn, "__name__", None))
+        self._manager.run_task(guarded, *args, **kw)
+
+
 class _Pubsub(Pubsub):
-    """py's Pubsub with deliveries handed to :class:`PubsubService` instead of a 32-slot channel."""
+    """py's Pubsub with deliveries handed to :class:`PubsubService` instead of a 32-slot channel,
+    and a peer's bad input confined to that peer (module docstring)."""
 
     def __init__(self, host: IHost, router: GossipSub, service: PubsubService) -> None:
         super().__init__(host, router, seen_ttl=SEEN_TTL, strict_signing=True)
         self.peer_queues = _RoomyQueues()
         self._service = service
+        self._forgiving: _ForgivingManager | None = None
+
+    @property
+    def manager(self) -> Any:  # py's type is InternalManagerAPI; this wraps one
+        inner = self._manager
+        if self._forgiving is None or self._forgiving._manager is not inner:
+            self._forgiving = _ForgivingManager(inner)
+        return self._forgiving
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        """Read a peer's inbound stream; whatever it sends can end only this stream."""
+        peer = stream.muxed_conn.peer_id
+        watched = _ResetWatch(stream)
+        try:
+            await self.continuously_read_stream(watched)  # type: ignore[arg-type]
+        except Exception as e:  # no RPC, truncated, or an RPC whose handling raised
+            log.info("pubsub stream from %s: %s: %s; resetting it", peer, type(e).__name__, e)
+            self._service._count_drop(peer.to_base58())
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self._handle_dead_peer(peer)
+        else:
+            if watched.reset_by_reader:  # py refused an RPC over its size limit
+                self._service._count_drop(peer.to_base58())
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._service._on_message(publish_message)
@@ -134,12 +217,19 @@ class _Pubsub(Pubsub):
         # go's AcceptFrom: nothing from a graylisted peer. Checked here, not in the topic
         # validator, because py caches validator verdicts by message id: a copy refused for
         # its forwarder would then be refused from honest forwarders too.
-        if msg_forwarder != self.my_id and not self._is_msg_seen(msg):
-            scorer = getattr(self.router, "scorer", None)
-            if scorer is not None and scorer.is_graylisted(msg_forwarder, list(msg.topicIDs)):
-                self._service._count_drop(msg_forwarder.to_base58())
-                return
-        await super().push_msg(msg_forwarder, msg)
+        try:
+            if msg_forwarder != self.my_id and not self._is_msg_seen(msg):
+                scorer = getattr(self.router, "scorer", None)
+                if scorer is not None and scorer.is_graylisted(msg_forwarder, list(msg.topicIDs)):
+                    self._service._count_drop(msg_forwarder.to_base58())
+                    return
+            await super().push_msg(msg_forwarder, msg)
+        except Exception:
+            if msg_forwarder == self.my_id:
+                raise  # our own publish: the caller hears of it
+            # debug: a flood of such messages must not flood the log; the drop count shows it
+            log.debug("pubsub message from %s broke its handling", msg_forwarder, exc_info=True)
+            self._service._count_drop(msg_forwarder.to_base58())
 
 
 def _score_params(app_score: Callable[[ID], float]) -> ScoreParams:
