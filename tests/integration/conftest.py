@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import Cluster
+from tests.support.mirror import MirrorServer
 from tests.support.node import PacswarmNode
 from tests.support.pacman import PacmanEnv
+from tests.support.testrepo import TestRepo
 
 NodeFactory = Callable[..., PacswarmNode]
 PacmanFactory = Callable[..., PacmanEnv]
@@ -50,3 +53,14 @@ def make_pacman(tmp_path: Path, pacman_gpgdir: Path) -> Iterator[PacmanFactory]:
     yield make
     for env in envs:
         env.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, mirror: MirrorServer, test_repo: TestRepo) -> Iterator[Cluster]:
+    """Nodes over ``mirror``, each with a trusted keyring copy; all stopped at teardown."""
+    made = Cluster(tmp_path / "cluster", [mirror.url_template], test_repo.make_pacman_gpgdir)
+    made.base.mkdir()
+    try:
+        yield made
+    finally:
+        made.stop()

@@ -51,17 +51,6 @@ FAILED = re.compile(
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, mirror: MirrorServer, test_repo: TestRepo) -> Iterator[Cluster]:
-    """Nodes over ``mirror``, each with a trusted keyring copy; all stopped at teardown."""
-    made = Cluster(tmp_path / "cluster", [mirror.url_template], test_repo.make_pacman_gpgdir)
-    made.base.mkdir()
-    try:
-        yield made
-    finally:
-        made.stop()
-
-
-@pytest.fixture
 def hostiles(tmp_path: Path) -> Iterator[list[HostileNode]]:
     """Hostile nodes a test starts; every one stopped at teardown."""
     started: list[HostileNode] = []

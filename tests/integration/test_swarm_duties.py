@@ -9,8 +9,6 @@ announce is verified.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,16 +17,6 @@ from tests.support.mirror import MirrorServer
 from tests.support.testrepo import TestRepo
 
 pytestmark = pytest.mark.timeout(420)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, mirror: MirrorServer, test_repo: TestRepo) -> Iterator[Cluster]:
-    made = Cluster(tmp_path / "cluster", [mirror.url_template], test_repo.make_pacman_gpgdir)
-    made.base.mkdir()
-    try:
-        yield made
-    finally:
-        made.stop()
 
 
 def _wait_holder(node: SwarmNode, sha256s: list[str], peer: str, timeout: float = 120) -> str:

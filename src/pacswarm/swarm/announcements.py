@@ -111,12 +111,7 @@ class AnnouncementCache:
         believe: Believe,
     ) -> int:
         """Record ``peer``'s announcements; returns how many were believed (the rest pend)."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            believed = self._store(peer, repo, arch, entries, now, believe)
-            self._touch(peer, now)
-            self._trim()
-        return believed
+        return self._record(peer, repo, arch, entries, now, believe, replace=False)
 
     def replace_peer(
         self,
@@ -128,13 +123,27 @@ class AnnouncementCache:
         believe: Believe,
     ) -> int:
         """A whole inventory of ``peer`` for repo/arch: what it no longer lists is dropped."""
+        return self._record(peer, repo, arch, entries, now, believe, replace=True)
+
+    def _record(
+        self,
+        peer: str,
+        repo: str,
+        arch: str,
+        entries: Iterable[Entry],
+        now: float,
+        believe: Believe,
+        *,
+        replace: bool,
+    ) -> int:
         with self._lock, self._db:
             self._db.execute("BEGIN")
-            for table in ("ann", "ann_pending"):
-                self._db.execute(
-                    f"DELETE FROM {table} WHERE peer = ? AND repo = ? AND arch = ?",
-                    (peer, repo, arch),
-                )
+            if replace:
+                for table in ("ann", "ann_pending"):
+                    self._db.execute(
+                        f"DELETE FROM {table} WHERE peer = ? AND repo = ? AND arch = ?",
+                        (peer, repo, arch),
+                    )
             believed = self._store(peer, repo, arch, entries, now, believe)
             self._touch(peer, now)
             self._trim()
