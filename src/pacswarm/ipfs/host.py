@@ -20,11 +20,11 @@ Choices, and why:
   applied as soon as a connection comes up, and the asyncio side gets ``watch_peers``
   callbacks plus snapshots (``peer_ips``, ``peer_protocols``) instead of touching libp2p
   state from its own thread.
-* Every inbound stream's handler (any protocol: gossipsub, Bitswap, request/response, DHT,
-  identify) runs inside :func:`_guard_streams`: py-libp2p runs handlers in the connection's
-  task, and a handler that raises (one malformed frame from one peer) cancelled the swarm and
-  ended this whole host. Now the stream is reset, the peer's ``stream_errors`` count goes up,
-  and everything else carries on.
+* Every inbound stream's handler runs inside :func:`.hostbuild.guard_streams` (one
+  malformed frame from one peer costs only its stream, never the host); the peer's
+  ``stream_errors`` count goes up.
+* How the py-libp2p host is built (Noise, Yamux, the quiet AutoConnector) is in
+  :mod:`.hostbuild`.
 """
 
 from __future__ import annotations
@@ -33,29 +33,18 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import multiaddr  # type: ignore[import-untyped]
 import trio
-from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
-from libp2p.crypto.keys import KeyPair
-from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
-from libp2p.custom_types import TProtocol
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.kad_dht import DHTMode, KadDHT
-from libp2p.network.auto_connector import AutoConnector
-from libp2p.network.config import ConnectionConfig
-from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from pacswarm.ipfs.bitswap import BitswapEngine, BlockSource, MemoryBlocks
@@ -67,6 +56,14 @@ from pacswarm.ipfs.bitswap_fetch import (
 )
 from pacswarm.ipfs.bridge import TrioBridge
 from pacswarm.ipfs.cid import CID
+from pacswarm.ipfs.hostbuild import (
+    build_host,
+    close_connections,
+    guard_streams,
+    protocols,
+    quiet_libp2p_logs,
+    remote_ips,
+)
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipfs.pubsub import PubsubService
 from pacswarm.ipfs.reqresp import RequestService
@@ -91,13 +88,6 @@ class Provider:
 
     peer_id: str
     addrs: tuple[str, ...]
-
-
-class _QuietAutoConnector(AutoConnector):
-    """py-libp2p's AutoConnector with the redial loop switched off (see module docstring)."""
-
-    async def maybe_connect(self) -> None:
-        return None
 
 
 class _ConnectNotifee(INotifee):
@@ -127,48 +117,6 @@ class _ConnectNotifee(INotifee):
         return None
 
 
-StreamHandler = Callable[[INetStream], Awaitable[None]]
-
-
-def _guard_streams(network: INetwork, on_error: Callable[[str], None]) -> None:
-    """Wrap the swarm's one entry point for inbound streams (see the module docstring)."""
-    if not isinstance(network, Swarm):
-        return
-    inner: StreamHandler = network.common_stream_handler
-
-    async def guarded(stream: INetStream) -> None:
-        try:
-            await inner(stream)
-        except Exception as e:
-            peer = stream.muxed_conn.peer_id.to_base58()
-            protocol = stream.get_protocol()
-            log.info(
-                "stream %s from %s failed (%s: %s): reset", protocol, peer, type(e).__name__, e
-            )
-            on_error(peer)
-            with contextlib.suppress(Exception):
-                await stream.reset()
-
-    network.set_stream_handler(guarded)
-
-
-def _build_host(key: KeyPair, listen: list[multiaddr.Multiaddr], mdns: bool) -> IHost:
-    noise = NoiseTransport(key, noise_privkey=new_x25519_key_pair().private_key)
-    config = ConnectionConfig(min_connections=0, low_watermark=0)
-    host = new_host(
-        key_pair=key,
-        sec_opt={NOISE_PROTOCOL_ID: noise},
-        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        listen_addrs=listen,
-        enable_mDNS=mdns,
-        connection_config=config,
-    )
-    network = host.get_network()
-    if isinstance(network, Swarm):
-        network.auto_connector = _QuietAutoConnector(network, config.auto_connect_interval)
-    return host
-
-
 class P2PHost:
     """A libp2p host (Noise, Yamux, identify, ping, Kademlia, Bitswap, gossipsub) for asyncio.
 
@@ -190,7 +138,7 @@ class P2PHost:
         access: Access | None = None,
         peer_filter: Callable[[str], bool] | None = None,
     ) -> None:
-        _quiet_libp2p_logs()
+        quiet_libp2p_logs()
         self.identity_path = Path(identity_path)
         self._listen = list(DEFAULT_LISTEN if listen_addrs is None else listen_addrs)
         self._bootstrap = list(bootstrap)
@@ -260,8 +208,8 @@ class P2PHost:
         """The host's whole life on the trio thread, from listening to closing."""
         self._stop, self._stopped = trio.Event(), trio.Event()
         listen = [multiaddr.Multiaddr(a) for a in self._listen]
-        host = _build_host(self._key, listen, self._mdns)
-        _guard_streams(host.get_network(), self._count_stream_error)
+        host = build_host(self._key, listen, self._mdns)
+        guard_streams(host.get_network(), self._count_stream_error)
         self.libp2p_host = host
         self.dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
         self.bitswap = BitswapEngine(host, self.blocks, self._access)
@@ -285,7 +233,7 @@ class P2PHost:
                 await self._stop.wait()
                 self._watch_mdns(False)
                 await self.bitswap.stop()
-                await _close_connections(host)
+                await close_connections(host)
                 nursery.cancel_scope.cancel()
         except Exception:
             log.exception("libp2p host failed")
@@ -342,9 +290,9 @@ class P2PHost:
             return
         name = peer.to_base58()
         with self._lock:
-            self._ips[name] = _remote_ips(host, peer)
+            self._ips[name] = remote_ips(host, peer)
         with trio.move_on_after(IDENTIFY_WAIT):
-            while not _protocols(host, peer):
+            while not protocols(host, peer):
                 await trio.sleep(0.05)
         self._report_connect(host, peer)
         await self._add_to_dht(peer)
@@ -354,7 +302,7 @@ class P2PHost:
         with self._lock:
             if name not in self._ips or name in self._protocols:
                 return  # gone already, or reported for an earlier connection
-            self._protocols[name] = _protocols(host, peer)
+            self._protocols[name] = protocols(host, peer)
             for on_connect, _, loop in self._watchers:
                 _call_soon(loop, on_connect, name)
 
@@ -363,7 +311,7 @@ class P2PHost:
         name = peer.to_base58()
         with self._lock:
             if host is not None and host.get_network().get_connections(peer):
-                self._ips[name] = _remote_ips(host, peer)
+                self._ips[name] = remote_ips(host, peer)
                 return  # another connection to the peer is still up
             self._ips.pop(name, None)
             if self._protocols.pop(name, None) is None:
@@ -376,7 +324,7 @@ class P2PHost:
         host, dht = self.libp2p_host, self.dht
         if host is None or dht is None:
             return
-        if KAD_PROTOCOL in _protocols(host, peer):
+        if KAD_PROTOCOL in protocols(host, peer):
             try:
                 await dht.add_peer(peer)
             except Exception as e:
@@ -518,40 +466,6 @@ class P2PHost:
             deadline=deadline,
             offset=offset,
         )
-
-
-def _quiet_libp2p_logs() -> None:
-    """KadDHT warns on every peer that simply closes its query stream: keep that out of logs."""
-    dht_log = logging.getLogger("libp2p.kad_dht.kad_dht")
-    if dht_log.level == logging.NOTSET:
-        dht_log.setLevel(logging.ERROR)
-
-
-def _protocols(host: IHost, peer: ID) -> list[str]:
-    try:
-        return [str(p) for p in host.get_peerstore().get_protocols(peer) or []]
-    except Exception:
-        return []
-
-
-async def _close_connections(host: IHost) -> None:
-    """Close every connection, so peers see us go (py-libp2p leaves the sockets open)."""
-    with trio.move_on_after(3):
-        for peer in list(host.get_connected_peers()):
-            with contextlib.suppress(Exception):
-                await host.disconnect(peer)
-
-
-def _remote_ips(host: IHost, peer: ID) -> list[str]:
-    ips: list[str] = []
-    for conn in host.get_network().get_connections(peer):
-        try:
-            address = conn.muxed_conn.get_remote_address()  # type: ignore[attr-defined]
-        except Exception:
-            address = None
-        if address and address[0] not in ips:
-            ips.append(str(address[0]))
-    return ips
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: PeerCallback, peer_id: str) -> None:
