@@ -13,12 +13,11 @@ import subprocess
 
 import pytest
 
-from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.dagpb import decode_node
 from pacswarm.ipfs.unixfs import import_bytes
 from pacswarm.ipfs.unixfsdir import Entry, build_directory
 from tests.support import helia
-from tests.unit.test_unixfsdir import arch_like_names
+from tests.unit.test_unixfsdir import HELIA_15000_ROOT, arch_like_names, boundary_names
 
 pytestmark = pytest.mark.skipif(not helia.helia_available(), reason=helia.unavailable_reason())
 
@@ -78,3 +77,19 @@ def test_sharded_folder_of_15000_packages_matches_helia() -> None:
     got, ours = pacswarm_directory(files)
     assert len(ours) > 1, "15,000 packages must shard"
     assert got == expected, "\n".join(describe(theirs, expected) + describe(ours, got))
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_threshold_boundary_matches_helia(extra: int) -> None:
+    """Exactly 262,144 estimated bytes stays basic, one byte more shards: in both."""
+    files = {name: name.encode() for name in boundary_names(extra)}
+    expected, _ = helia_directory(files)
+    got, ours = pacswarm_directory(files)
+    assert (len(ours) > 1) == bool(extra)
+    assert got == expected
+
+
+def test_unit_golden_root_is_helias() -> None:
+    """The root pinned in tests/unit/test_unixfsdir.py is what Helia builds."""
+    files = {name: name.encode() for name in arch_like_names(15_000)}
+    assert helia_directory(files)[0] == HELIA_15000_ROOT
