@@ -252,3 +252,12 @@ def test_py_libp2p_validator_accepts_ours_and_refuses_tampered(key: KeyPair, mh:
     with pytest.raises(InvalidRecordType, match="expired"):
         expired = _record(key, now_ns=time.time_ns() - 2 * HOUR, lifetime_ns=HOUR)
         IPNSValidator().validate(libp2p_key, expired)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 17, 100, -1])
+def test_garbage_and_truncated_records_are_clear_errors(key: KeyPair, mh: bytes, cut: int) -> None:
+    raw = _record(key)
+    with pytest.raises(IpnsRecordError):
+        validate_record(raw[:cut], mh, now_ns=NOW)
+    with pytest.raises(IpnsRecordError):
+        validate_record(b"\xff" * cut if cut > 0 else b"\xff", mh, now_ns=NOW)

@@ -220,7 +220,10 @@ def _public_key(fields: dict[int, int | bytes], name_multihash: bytes) -> Public
         raise IpnsRecordError(f"cannot read the public key of this IPNS name: {e}") from e
 
 
-def _signed_data(raw: bytes) -> tuple[dict[int, int | bytes], bytes, bytes, dict]:
+def _signed_data(
+    raw: bytes,
+) -> tuple[dict[int, int | bytes], bytes, bytes, dict[str, cbor.Value]]:
+    """The parsed entry, signatureV2, data, and the decoded data map (not yet verified)."""
     if len(raw) > MAX_RECORD_SIZE:
         raise IpnsRecordError(f"record is {len(raw)} bytes, over the spec's {MAX_RECORD_SIZE}")
     fields = _parse_entry(raw)
