@@ -3,7 +3,9 @@
 ``tests/interop/helia/ipns_check.mjs`` runs ``ipnsValidator`` (the validator Helia's DHT and
 IPNS-over-PubSub use) and ``unmarshalIPNSRecord`` on a record built by
 :mod:`pacswarm.ipns.record`, and builds Helia's own record from the same inputs: ed25519
-signatures are deterministic, so the two must be byte-identical. Skipped when node or the
+signatures are deterministic, so the two must be byte-identical (for a validity whose
+nanoseconds do not end in 0: Helia pads the fraction to nine digits, Go and we trim it; both
+parse either). A record with a trimmed validity is checked too. Skipped when node or the
 ``ipns`` package is missing.
 """
 
@@ -92,7 +94,9 @@ def _record(key: KeyPair, now_ns: int, lifetime_ns: int = 48 * HOUR, sequence: i
 
 
 def test_helia_validates_and_unmarshals_our_record(tmp_path: Path, key: KeyPair) -> None:
-    now = time.time_ns()
+    # Odd nanoseconds: Go's format (ours) and Helia's (always nine digits) then agree, so
+    # Helia's own record for the same inputs must be byte-identical to ours.
+    now = time.time_ns() | 1
     raw = _record(key, now)
     validity = format_validity(now + 48 * HOUR)
     rc, out = _check(tmp_path, raw, key, _js_private_key(key), VALUE, "5", validity, str(TTL))
@@ -105,6 +109,15 @@ def test_helia_validates_and_unmarshals_our_record(tmp_path: Path, key: KeyPair)
     assert out["v1"] is True and out["signatureV1Valid"] is True
     # Helia building the record itself from the same inputs produces our exact bytes.
     assert out["heliaRecordHex"] == raw.hex()
+
+
+def test_helia_accepts_gos_trimmed_validity(tmp_path: Path, key: KeyPair) -> None:
+    now = (time.time_ns() // 10**9) * 10**9  # whole seconds: Validity has no fraction
+    raw = _record(key, now)
+    rc, out = _check(tmp_path, raw, key)
+    assert rc == 0, out
+    assert out["validity"] == format_validity(now + 48 * HOUR)
+    assert "." not in out["validity"]
 
 
 def test_helia_refuses_a_tampered_signature(tmp_path: Path, key: KeyPair) -> None:

@@ -132,8 +132,12 @@ def test_non_canonical_cbor_is_refused() -> None:
 
 
 def test_go_validity_format() -> None:
-    assert format_validity(0) == "1970-01-01T00:00:00.000000000Z"
+    """Go's RFC3339Nano, as boxo writes Validity: trailing zeros (and a bare '.') dropped."""
     assert format_validity(NOW) == "2026-12-02T03:26:13.029682354Z"
+    assert format_validity(NOW - 4) == "2026-12-02T03:26:13.02968235Z"
+    assert format_validity(NOW - 9_682_354) == "2026-12-02T03:26:13.02Z"
+    assert format_validity(0) == "1970-01-01T00:00:00Z"
+    assert format_validity(10**9 + 1) == "1970-01-01T00:00:01.000000001Z"
     assert parse_validity("2026-12-02T03:26:13.029682354Z") == NOW
     assert parse_validity("2026-12-02T05:26:13.029682354+02:00") == NOW
     assert parse_validity("2026-12-02T03:26:13Z") == NOW - 29_682_354
@@ -243,6 +247,8 @@ def test_py_libp2p_validator_accepts_ours_and_refuses_tampered(key: KeyPair, mh:
     details = IPNSValidator().validate_with_details(libp2p_key, raw)
     assert details.value == VALUE.encode() and details.sequence == 3
     assert details.has_v1_fields and details.public_key_inlined
+    whole_seconds = _record(key, now_ns=time.time_ns() // 10**9 * 10**9)  # "...:13Z"
+    IPNSValidator().validate(libp2p_key, whole_seconds)
     sig = bytearray(_fields(raw)[8])
     sig[0] ^= 1
     with pytest.raises(InvalidRecordType):

@@ -7,9 +7,11 @@ values and a ``signatureV1`` over ``value + validity + b"EOL"``, as boxo and Hel
 default; a validator must never trust them, only check they agree with ``data``. ``pubKey``
 (7) is left out: an ed25519 key is inlined in the name itself (identity multihash).
 
-Validity is RFC 3339 UTC with exactly nine fractional digits (Go's
-``2006-01-02T15:04:05.000000000Z07:00``, which boxo and Helia both write); TTL is in
-nanoseconds. The clock is a parameter (``now_ns``), so everything here is deterministic.
+Validity is RFC 3339 UTC to the nanosecond as boxo (kubo) writes it, Go's ``RFC3339Nano``:
+trailing zeros of the fraction dropped, and the fraction too when it is zero
+(``2026-12-04T03:26:13.02Z``, ``2026-12-04T03:26:13Z``). Helia always writes nine digits; every
+reader parses both. TTL is in nanoseconds. The clock is a parameter (``now_ns``), so everything
+here is deterministic.
 
 Why hand-rolled protobuf: seven scalar fields, and we want to know which V1 fields were
 *present* (proto3 bindings cannot tell ``sequence = 0`` from absent).
@@ -72,12 +74,13 @@ class IpnsRecord:
 
 
 def format_validity(epoch_ns: int) -> str:
-    """RFC 3339 UTC with nine fractional digits, byte-identical to Go's formatting."""
+    """RFC 3339 UTC, byte-identical to Go's ``t.UTC().Format(time.RFC3339Nano)``."""
     seconds, frac = divmod(epoch_ns, _NS)
     stamp = datetime.fromtimestamp(seconds, UTC)
     if not 1 <= stamp.year <= 9999:
         raise IpnsRecordError(f"validity year {stamp.year} cannot be written as RFC 3339")
-    return f"{stamp:%Y-%m-%dT%H:%M:%S}.{frac:09d}Z"
+    fraction = f".{frac:09d}".rstrip("0").rstrip(".")
+    return f"{stamp:%Y-%m-%dT%H:%M:%S}{fraction}Z"
 
 
 def parse_validity(text: str) -> int:
