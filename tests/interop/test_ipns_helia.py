@@ -1,0 +1,147 @@
+"""Helia's own IPNS code (the npm ``ipns`` package) judges pacswarm's IPNS records.
+
+``tests/interop/helia/ipns_check.mjs`` runs ``ipnsValidator`` (the validator Helia's DHT and
+IPNS-over-PubSub use) and ``unmarshalIPNSRecord`` on a record built by
+:mod:`pacswarm.ipns.record`, and builds Helia's own record from the same inputs: ed25519
+signatures are deterministic, so the two must be byte-identical (for a validity whose
+nanoseconds do not end in 0: Helia pads the fraction to nine digits, Go and we trim it; both
+parse either). A record with a trimmed validity is checked too. Skipped when node or the
+``ipns`` package is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+
+from pacswarm.ipfs.cid import encode_varint
+from pacswarm.ipns.record import build_record, format_validity, name_multihash, routing_key
+from tests.support.helia import HELIA_DIR, node_major_version
+
+SCRIPT = HELIA_DIR / "ipns_check.mjs"
+HOUR = 3600 * 10**9
+TTL = 300 * 10**9
+VALUE = "/ipfs/bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+
+
+def _unavailable() -> str | None:
+    major = node_major_version()
+    if major is None or major < 20:
+        return "ipns interop: needs node >= 20 on PATH"
+    if not (HELIA_DIR / "node_modules" / "ipns" / "package.json").is_file():
+        return (
+            f"ipns interop: the npm 'ipns' package is not installed in {HELIA_DIR} "
+            f"(npm install --prefix {HELIA_DIR} --save-exact ipns@10.1.6)"
+        )
+    return None
+
+
+pytestmark = [
+    pytest.mark.skipif(_unavailable() is not None, reason=_unavailable() or ""),
+    pytest.mark.timeout(120),
+]
+
+
+@pytest.fixture(scope="module")
+def key() -> KeyPair:
+    return create_new_key_pair(b"\x07" * 32)
+
+
+def _js_private_key(key: KeyPair) -> str:
+    """The libp2p PrivateKey protobuf as js-libp2p and Go read it: 64 bytes (seed + public).
+
+    py-libp2p's own ``serialize()`` writes only the 32-byte seed, which js-libp2p refuses.
+    """
+    body = key.private_key.to_bytes() + key.public_key.to_bytes()
+    return (b"\x08\x01\x12" + encode_varint(len(body)) + body).hex()
+
+
+def _check(tmp_path: Path, raw: bytes, key: KeyPair, *extra: str) -> tuple[int, dict[str, Any]]:
+    record_file = tmp_path / "record.bin"
+    record_file.write_bytes(raw)
+    rkey = routing_key(name_multihash(key.public_key)).hex()
+    node = shutil.which("node")
+    assert node is not None
+    proc = subprocess.run(
+        [node, str(SCRIPT), str(record_file), rkey, *extra],
+        cwd=HELIA_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.stdout.strip(), f"ipns_check.mjs printed nothing; stderr: {proc.stderr}"
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _record(key: KeyPair, now_ns: int, lifetime_ns: int = 48 * HOUR, sequence: int = 5) -> bytes:
+    return build_record(
+        key.private_key,
+        VALUE,
+        sequence=sequence,
+        now_ns=now_ns,
+        lifetime_ns=lifetime_ns,
+        ttl_ns=TTL,
+    )
+
+
+def test_helia_validates_and_unmarshals_our_record(tmp_path: Path, key: KeyPair) -> None:
+    # Odd nanoseconds: Go's format (ours) and Helia's (always nine digits) then agree, so
+    # Helia's own record for the same inputs must be byte-identical to ours.
+    now = time.time_ns() | 1
+    raw = _record(key, now)
+    validity = format_validity(now + 48 * HOUR)
+    rc, out = _check(tmp_path, raw, key, _js_private_key(key), VALUE, "5", validity, str(TTL))
+    assert rc == 0, out
+    assert out["valid"] is True
+    assert out["value"] == VALUE
+    assert out["sequence"] == "5"
+    assert out["validity"] == validity
+    assert out["ttl"] == str(TTL)
+    assert out["v1"] is True and out["signatureV1Valid"] is True
+    # Helia building the record itself from the same inputs produces our exact bytes.
+    assert out["heliaRecordHex"] == raw.hex()
+
+
+def test_helia_accepts_gos_trimmed_validity(tmp_path: Path, key: KeyPair) -> None:
+    now = (time.time_ns() // 10**9) * 10**9  # whole seconds: Validity has no fraction
+    raw = _record(key, now)
+    rc, out = _check(tmp_path, raw, key)
+    assert rc == 0, out
+    assert out["validity"] == format_validity(now + 48 * HOUR)
+    assert "." not in out["validity"]
+
+
+def test_helia_refuses_a_tampered_signature(tmp_path: Path, key: KeyPair) -> None:
+    raw = bytearray(_record(key, time.time_ns()))
+    sig_at = raw.index(b"\x42\x40") + 2  # field 8 (signatureV2), 64 bytes
+    raw[sig_at + 5] ^= 1
+    rc, out = _check(tmp_path, bytes(raw), key)
+    assert rc == 1 and out["valid"] is False
+    assert "SignatureVerification" in out["error"]
+
+
+def test_helia_refuses_v1_value_not_matching_signed_data(tmp_path: Path, key: KeyPair) -> None:
+    raw = _record(key, time.time_ns())
+    forged_v1 = VALUE[:-1] + ("a" if VALUE[-1] != "a" else "b")
+    tampered = raw.replace(VALUE.encode(), forged_v1.encode(), 1)  # the V1 field comes first
+    assert tampered != raw
+    rc, out = _check(tmp_path, tampered, key)
+    assert rc == 1 and "did not match" in out["error"]
+
+
+def test_helia_refuses_an_expired_record_and_another_names(tmp_path: Path, key: KeyPair) -> None:
+    expired = _record(key, time.time_ns() - 2 * HOUR, lifetime_ns=HOUR)
+    rc, out = _check(tmp_path, expired, key)
+    assert rc == 1 and "expired" in out["error"]
+    other = create_new_key_pair(b"\x08" * 32)
+    rc, out = _check(tmp_path, _record(key, time.time_ns()), other)
+    assert rc == 1 and out["valid"] is False
