@@ -275,13 +275,11 @@ class Swarm:
         host, cache = self.host, self.cache
         if host is None or cache is None:
             return []
-        # Members only: a peer that connected but never identified as a pacswarm node of
-        # this swarm (a private swarm drops outsiders on sight) is no source.
-        live = self.members & set(host.connected_peers())
+        connected = set(host.connected_peers())
         offers = []
         for holder in cache.holders(want.record.sha256):
             peer = holder.peer
-            if peer not in live or not self.trusted(peer):
+            if peer not in connected or not self.trusted(peer):
                 continue
             if peers is not None and peer not in peers:
                 continue
