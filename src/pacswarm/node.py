@@ -126,6 +126,7 @@ class Node:
         self.events.evicted.subscribe(self.ipfs.forget)
         self.events.evicted.subscribe(self.swarm.on_evicted)
         self.ipfs.on_imported.append(self.swarm.on_imported)
+        self.ipfs.before_listen.append(self.swarm.serve)
         self.dbs.on_index = self.swarm.on_db_updated
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()

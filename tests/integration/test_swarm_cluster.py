@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -32,6 +33,9 @@ from tests.support.cluster import (
 from tests.support.hostile import HostileNode
 from tests.support.mirror import MirrorServer
 from tests.support.testrepo import TestRepo
+
+if TYPE_CHECKING:
+    from tests.support.netns import Lan
 
 pytest.importorskip("pacswarm.swarm.service")
 
@@ -261,20 +265,40 @@ def test_a_restarted_node_remembers_announcements(
 
 
 def test_a_private_swarm_neither_serves_nor_believes_outsiders(
-    test_repo: TestRepo, mirror: MirrorServer, cluster: Cluster
+    tmp_path: Path, test_repo: TestRepo
 ) -> None:
-    """a and b allow {a, b, e}; e allows anyone and relays; d is outside, behind e."""
+    """a and b allow {a, b, e}; e allows anyone and relays; d is an outsider on the same LAN.
+
+    Four machines (network namespaces on a bridge), so that a's refusal is a's doing: on
+    127.0.0.1 every client is "this machine" and would be served.
+    """
+    netns = pytest.importorskip("tests.support.netns")
+    with netns.lan(n=4) as hosts:
+        lan_mirror = MirrorServer(test_repo.copy_tree(tmp_path / "lan-mirror"), hosts.host_ip)
+        lan_mirror.start()
+        cluster = Cluster(tmp_path / "lan", [lan_mirror.url_template], test_repo.make_pacman_gpgdir)
+        cluster.base.mkdir()
+        try:
+            _private_swarm(cluster, hosts, test_repo, lan_mirror)
+        finally:
+            try:
+                cluster.stop()
+            finally:
+                lan_mirror.stop()
+
+
+def _private_swarm(cluster: Cluster, hosts: Lan, test_repo: TestRepo, mirror: MirrorServer) -> None:
     private = {"swarm": {"allowlist": [cluster.identity(n) for n in ("a", "b", "e")]}}
-    a = cluster.add("a", tables=private)
-    b = cluster.add("b", bootstrap=[a], tables=private)
-    e = cluster.add("e", bootstrap=[a])
-    d = cluster.add("d", bootstrap=[e])
+    a = cluster.add("a", bootstrap=[], tables=private, lan=hosts[0])
+    b = cluster.add("b", bootstrap=[a], tables=private, lan=hosts[1])
+    e = cluster.add("e", bootstrap=[a], lan=hosts[2])
+    d = cluster.add("d", bootstrap=[e], lan=hosts[3])
     hello = _shas(test_repo, ("hello", "libgreet"))
     bigpkg = test_repo.packages["bigpkg"]
     a.install("hello")
     d.install("bigpkg")
-    wait_known(e, [bigpkg.sha256], holder=d.peer_id)  # d's news is on the topic
-    wait_known(b, hello, holder=a.peer_id)
+    wait_known(e, [bigpkg.sha256], holder=d.peer_id, timeout=90)  # d's news is on the topic
+    wait_known(b, hello, holder=a.peer_id, timeout=90)
     refuse_packages(mirror)
     time.sleep(SETTLE)  # what a and b should ignore has had time to arrive
 

@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 DEFAULT_LISTEN = ["/ip4/0.0.0.0/tcp/4001"]
 KAD_PROTOCOL = "/ipfs/kad/1.0.0"
 IDENTIFY_WAIT = 5.0
+#: How long identify is still awaited, after a peer was reported without it.
+IDENTIFY_LATE = 60.0
 
 PeerCallback = Callable[[str], None]
 
@@ -295,14 +297,26 @@ class P2PHost:
             while not protocols(host, peer):
                 await trio.sleep(0.05)
         self._report_connect(host, peer)
+        if not protocols(host, peer):
+            # Reported unidentified (a busy peer): report again once identify lands, or a
+            # pacswarm peer would count as a plain IPFS peer for the whole connection.
+            with trio.move_on_after(IDENTIFY_LATE):
+                while not protocols(host, peer):
+                    await trio.sleep(0.5)
+            self._report_connect(host, peer, late=True)
         await self._add_to_dht(peer)
 
-    def _report_connect(self, host: IHost, peer: ID) -> None:
+    def _report_connect(self, host: IHost, peer: ID, *, late: bool = False) -> None:
         name = peer.to_base58()
         with self._lock:
-            if name not in self._ips or name in self._protocols:
-                return  # gone already, or reported for an earlier connection
+            if name not in self._ips:
+                return  # gone already
+            known = self._protocols.get(name)
+            if known is not None and not (late and not known):
+                return  # reported for an earlier connection (or already identified)
             self._protocols[name] = protocols(host, peer)
+            if late and not self._protocols[name]:
+                return  # still nothing to tell
             for on_connect, _, loop in self._watchers:
                 _call_soon(loop, on_connect, name)
 
@@ -345,8 +359,9 @@ class P2PHost:
         """Call ``on_connect(peer_id)`` / ``on_disconnect(peer_id)`` on this asyncio loop.
 
         ``on_connect`` fires once per peer, after identify (so :meth:`peer_protocols` is
-        filled) or after ``IDENTIFY_WAIT`` seconds; peers already connected are reported at
-        once. ``on_disconnect`` fires when the last connection to a reported peer closes.
+        filled) or after ``IDENTIFY_WAIT`` seconds, and then once more if identify lands
+        later (within ``IDENTIFY_LATE``); peers already connected are reported at once.
+        ``on_disconnect`` fires when the last connection to a reported peer closes.
         Callbacks must not block; an exception is logged and ignored.
         """
         loop = asyncio.get_running_loop()

@@ -113,7 +113,8 @@ class RequestService:
         )
         served = _Served(handler, asyncio.get_running_loop(), config)
         self._served[protocol] = served
-        self._bridge.start_soon(self._install_in_trio, protocol, served)
+        if self._bridge.running:  # else attach() installs it when the host comes up
+            self._bridge.start_soon(self._install_in_trio, protocol, served)
 
     async def ask(
         self,

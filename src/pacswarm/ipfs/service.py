@@ -115,6 +115,9 @@ class IpfsService:
         #: Called on the event loop with each package's root CID once it is importable by
         #: peers (after a verified commit, and at start for packages imported before).
         self.on_imported: list[Callable[[RequestPath, CID], None]] = []
+        #: Called with the libp2p host before it listens: protocols served from here are in
+        #: the very first identify peers get (they decide from it whether we are pacswarm).
+        self.before_listen: list[Callable[[P2PHost], None]] = []
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -151,6 +154,8 @@ class IpfsService:
             peer_filter=self._peer_filter,
             access=self._access,
         )
+        for prepare in self.before_listen:
+            prepare(self.host)
         try:
             await self.host.start()
         except OSError as e:

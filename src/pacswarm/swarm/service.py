@@ -114,10 +114,20 @@ class Swarm:
         self.own = OwnSet(path)
         self.cache.expire(time.time())
 
+    def serve(self, host: P2PHost) -> None:
+        """Answer inventory requests; before the host listens (``IpfsService.before_listen``).
+
+        Why before: a peer decides from its first identify of us whether we are a pacswarm
+        node (a member it pulls from, serves and spreads digests to). A protocol added after
+        a peer connected is missing from that identify, and the peer would treat us as a
+        plain IPFS node for the whole connection.
+        """
+        host.requests.serve(INVENTORY_PROTOCOL, self.inventory.answer, *self.inventory.limits())
+
     async def start(self, host: P2PHost, gateway_port: int | None) -> None:
         self.host = host
         self.gossip.gateway_port = gateway_port
-        host.requests.serve(INVENTORY_PROTOCOL, self.inventory.answer, *self.inventory.limits())
+        self.serve(host)  # again: a no-op replacement if before_listen ran, else needed now
         host.watch_peers(self._on_connect, self._on_disconnect)  # reports bootstrap peers too
         for repo, arch in self.dbs.indexed():
             await self._join(repo, arch)
@@ -248,15 +258,21 @@ class Swarm:
     def _on_connect(self, peer: str) -> None:
         host = self.host
         if host is None or INVENTORY_PROTOCOL not in host.peer_protocols(peer):
+            log.debug("swarm: peer %s does not speak pacswarm: not a member", peer)
             return  # an IPFS peer that is not pacswarm: not a member of the swarm
         if not self.access.believe(peer):
             return
-        self.access.peer_joined(peer, host.peer_ips(peer))
+        ips = host.peer_ips(peer)
+        self.access.peer_joined(peer, ips)
+        if peer not in self.members:
+            log.info("swarm: peer %s joined (from %s)", peer, ", ".join(ips) or "no address")
         self.members.add(peer)
         for repo, arch in sorted(self._topics):
             self.inventory.pull_soon(peer, repo, arch)
 
     def _on_disconnect(self, peer: str) -> None:
+        if peer in self.members:
+            log.info("swarm: peer %s left", peer)
         self.members.discard(peer)
         self.access.peer_left(peer)
 
