@@ -155,6 +155,9 @@ class RepoDbs:
         self._parse_slots = asyncio.Semaphore(PARSE_SLOTS)
         #: Called with (repo, arch) whenever a db's index changes (the swarm listens).
         self.on_index: Callable[[str, str], None] | None = None
+        #: Called with each db file newly held (``core.db``, ``core.files``, their ``.sig``):
+        #: the repo folders link the current copies.
+        self.on_held: list[Callable[[RequestPath], None]] = []
 
     def load_held(self) -> None:
         """Index the dbs kept from earlier runs, so a restart works offline straight away."""
@@ -358,7 +361,7 @@ class RepoDbs:
                     f" is older than the copy held ({_when(current.floor)})"
                 )
             self._warn_if_frozen(mirror, rp, db, now)
-            self._commit(temp, held, modified)
+            self._commit(rp, temp, held, modified)
             self._index[(rp.repo, rp.arch)] = _Index(db, min(db.newest_mtime, int(now)))
             if self.on_index is not None:
                 self.on_index(rp.repo, rp.arch)
@@ -379,7 +382,7 @@ class RepoDbs:
                     f"rollback refused: its {rp.filename} (Last-Modified {_when(modified)}) "
                     f"is older than the copy held ({_when(floor)})"
                 )
-        self._commit(temp, held, modified)
+        self._commit(rp, temp, held, modified)
         log.info("updated %s from %s", rp, mirror)
 
     def _warn_if_frozen(self, mirror: str, rp: RequestPath, db: RepoDb, now: float) -> None:
@@ -392,8 +395,13 @@ class RepoDbs:
                 mirror,
             )
 
-    def _commit(self, temp: Path, held: Path, mtime: float) -> None:
+    def _commit(self, rp: RequestPath, temp: Path, held: Path, mtime: float) -> None:
         """Rename the checked temp file over the held copy (atomic: same filesystem)."""
         os.utime(temp, (mtime, mtime))
         held.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, held)
+        for callback in list(self.on_held):
+            try:
+                callback(rp)
+            except Exception:
+                log.exception("on_held subscriber failed for %s", rp)

@@ -284,6 +284,18 @@ class Swarm:
         if port is not None:
             self._gateways[peer] = port
 
+    def gateway_urls(self) -> list[str]:
+        """Base URLs of the members' gateways, LAN peers first (for single blocks)."""
+        host = self.host
+        if host is None:
+            return []
+        urls: list[tuple[bool, str]] = []
+        for peer in sorted(self.members):
+            port, ips = self._gateways.get(peer), host.peer_ips(peer)
+            if port and ips and self.trusted(peer):
+                urls.append((not is_lan(ips, self._local), f"http://{_host(ips[0])}:{port}"))
+        return [url for _, url in sorted(urls)]
+
     # -- peers as sources ------------------------------------------------------------------
 
     def offers(self, want: Want, peers: set[str] | None = None) -> list[PeerOffer]:
