@@ -29,11 +29,13 @@ from pacswarm.fetch.source import CacheSource, Want
 from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipfs.service import IpfsService
+from pacswarm.ipns.service import IpnsService
 from pacswarm.mirrorlist import parse_mirrorlist, read_mirrorlist, usable_mirrors
 from pacswarm.proxy import Proxy
 from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import FileKind, RequestPath
 from pacswarm.store import Store
+from pacswarm.swarm.blocks import PeerBlocks
 from pacswarm.swarm.duties import Duties
 from pacswarm.swarm.service import Swarm
 from pacswarm.upstream import Upstream
@@ -114,18 +116,25 @@ class Node:
         self.proxy = Proxy(
             self.store, self.dbs, self.downloader, self.upstream, config.verify_window
         )
+        self.ipns = IpnsService(config, self.store, self.dbs)
+        peer_blocks = PeerBlocks(self.swarm.gateway_urls, self.peer_session)
         self.ipfs = IpfsService(
             config,
             self.store.cache_path,
             self.evict,
             access=self.swarm.access,
             peer_filter=self.swarm.peer_filter,
+            resolver=self.ipns.resolver,
+            fetch=peer_blocks.fetch,
         )
         self.duties = Duties(self.swarm, self.downloader, self.store, config.data_dir)
         self.events.committed.subscribe(self._publish)
         self.events.evicted.subscribe(self.ipfs.forget)
         self.events.evicted.subscribe(self.swarm.on_evicted)
         self.ipfs.on_imported.append(self.swarm.on_imported)
+        self.ipfs.on_imported.append(self.ipns.on_imported)
+        self.events.evicted.subscribe(self.ipns.on_evicted)
+        self.dbs.on_held.append(self.ipns.on_db_held)
         self.ipfs.before_listen.append(self.swarm.serve)
         self.dbs.on_index = self.swarm.on_db_updated
         self._runner: web.AppRunner | None = None
@@ -207,6 +216,8 @@ class Node:
         if self.ipfs.host is not None:
             await self.swarm.start(self.ipfs.host, self.ipfs.gateway_port)
             self.duties.start()
+        if self.ipfs.blocks is not None:
+            await self.ipns.start(self.ipfs.blocks, self.ipfs.host)
         cached = [
             RequestPath(p.repo, p.arch, p.filename, FileKind.PACKAGE) for p in self.store.cached()
         ]
@@ -223,6 +234,7 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Downloads first (nothing new gets committed and published), then the listeners.
         await self.swarm.stop_tasks()
+        await self.ipns.stop()
         await self.downloader.close()
         if self._runner is not None:
             await self._runner.cleanup()

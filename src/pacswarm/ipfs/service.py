@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ from pacswarm.ipfs.host import P2PHost
 from pacswarm.requestpath import FileKind, RequestPath
 
 if TYPE_CHECKING:
+    from pacswarm.ipns.names import NameResolver
     from pacswarm.swarm.access import Access
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class IpfsService:
         *,
         access: Access | None = None,
         peer_filter: Callable[[str], bool] | None = None,
+        resolver: NameResolver | None = None,
+        fetch: Callable[[CID], Awaitable[bytes | None]] | None = None,
     ) -> None:
         self.config = config
         self.dir = config.data_dir / "ipfs"
@@ -112,6 +115,8 @@ class IpfsService:
         self.gateway_port: int | None = None
         self._access = access
         self._peer_filter = peer_filter
+        self._resolver = resolver
+        self._fetch = fetch
         #: Called on the event loop with each package's root CID once it is importable by
         #: peers (after a verified commit, and at start for packages imported before).
         self.on_imported: list[Callable[[RequestPath, CID], None]] = []
@@ -127,7 +132,9 @@ class IpfsService:
             locate=lambda key: self._cache_path(key_to_path(key)),
             on_corrupt=self._on_corrupt,
         )
-        self._gateway = web.AppRunner(gateway_app(self.blocks, self._access), access_log=None)
+        self._gateway = web.AppRunner(gateway_app(
+                self.blocks, self._access, resolver=self._resolver, fetch=self._fetch
+            ), access_log=None)
         await self._gateway.setup()
         site = web.TCPSite(self._gateway, self.config.gateway_host, self.config.gateway_port)
         try:
