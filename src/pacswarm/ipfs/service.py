@@ -132,9 +132,10 @@ class IpfsService:
             locate=lambda key: self._cache_path(key_to_path(key)),
             on_corrupt=self._on_corrupt,
         )
-        self._gateway = web.AppRunner(gateway_app(
-                self.blocks, self._access, resolver=self._resolver, fetch=self._fetch
-            ), access_log=None)
+        self._gateway = web.AppRunner(
+            gateway_app(self.blocks, self._access, resolver=self._resolver, fetch=self._fetch),
+            access_log=None,
+        )
         await self._gateway.setup()
         site = web.TCPSite(self._gateway, self.config.gateway_host, self.config.gateway_port)
         try:

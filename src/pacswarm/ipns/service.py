@@ -123,7 +123,8 @@ class IpnsService:
     async def _db_files(self, repo: str, arch: str) -> None:
         folder = self.store.db_dir / repo / arch
         names = [f"{repo}.db", f"{repo}.files"]
-        files = await asyncio.to_thread(_read_present, folder, [*names, *(n + ".sig" for n in names)])
+        names += [name + ".sig" for name in names]
+        files = await asyncio.to_thread(_read_present, folder, names)
         if files and self.folders is not None and f"{repo}.db" in files:
             self.folders.db_updated(repo, arch, files)
 
