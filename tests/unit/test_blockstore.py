@@ -404,3 +404,14 @@ def test_a_rotten_copy_blob_reads_as_missing_and_never_reaches_on_corrupt(
         list(env.store.dag_blocks(root))
     env.store.put_blocks(FOLDER, root, 1, blocks)  # storing it again repairs it
     assert set(env.store.dag_blocks(root)) == set(blocks)
+
+
+def test_keys_with_a_prefix(env: Env) -> None:
+    env.put(KEY_A, b"package")
+    env.store.add_copy("@sig/core/x86_64/a.sig", b"s")
+    env.store.add_copy("@folder/2", b"f")
+    env.store.add_copy("@folder/10", b"g")
+    assert env.store.keys("@folder/") == ["@folder/10", "@folder/2"]
+    assert env.store.keys("@") == ["@folder/10", "@folder/2", "@sig/core/x86_64/a.sig"]
+    assert env.store.keys() == ["@folder/10", "@folder/2", "@sig/core/x86_64/a.sig", KEY_A]
+    assert env.store.keys("%") == []

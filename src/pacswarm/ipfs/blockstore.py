@@ -212,9 +212,11 @@ class PackageBlockstore:
             self._sql.execute("BEGIN IMMEDIATE")
             try:
                 self._drop_refs(key, keep=frozenset(rows))
-                # REPLACE, not IGNORE: the bytes are verified, and it repairs a rotten blob.
+                # IGNORE: a folder's next generation shares most blocks with the last one, and
+                # rewriting them would cost megabytes a build. A rotten blob is deleted when a
+                # read finds it, so storing the key again still repairs it.
                 self._sql.executemany(
-                    "INSERT OR REPLACE INTO inner_blocks VALUES (?, ?)", rows.items()
+                    "INSERT OR IGNORE INTO inner_blocks VALUES (?, ?)", rows.items()
                 )
                 self._sql.executemany(
                     "INSERT OR IGNORE INTO inner_refs VALUES (?, ?)", [(c, key) for c in rows]
@@ -245,9 +247,14 @@ class PackageBlockstore:
             row = self._sql.execute("SELECT root FROM packages WHERE key=?", (key,)).fetchone()
         return None if row is None else CID.from_bytes(row[0])[0]
 
-    def keys(self) -> list[str]:
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every key (packages and copies), sorted; only those starting with ``prefix``."""
         with self._lock:
-            return [r[0] for r in self._sql.execute("SELECT key FROM packages ORDER BY key")]
+            rows = self._sql.execute(
+                "SELECT key FROM packages WHERE substr(key, 1, ?) = ? ORDER BY key",
+                (len(prefix), prefix),
+            )
+            return [r[0] for r in rows]
 
     def has(self, cid: CID) -> bool:
         return self.block_size(cid) is not None
