@@ -124,6 +124,7 @@ def test_an_emptied_folder_stays_and_a_dropped_one_goes() -> None:
     tree = FolderTree()
     tree.set("core", "x86_64", "a", entry("a"))
     tree.set("extra", "x86_64", "b", entry("b"))
+    tree.build()  # each change below must reach a tree built before it
     assert tree.remove("core", "x86_64", "a")
     assert not tree.remove("core", "x86_64", "a")
     assert not tree.remove("nope", "x86_64", "a")

@@ -58,6 +58,9 @@ class FolderTree:
     def __init__(self, version: int = 1) -> None:
         self.version = version
         self._dirs: dict[tuple[str, str], DirectoryBuilder] = {}
+        # The last build of each folder, until a change: building a 15,000-entry HAMT walks
+        # all its shards even when nothing in it changed, so a change in core skips extra.
+        self._built: dict[tuple[str, str], Directory] = {}
         self._previous: frozenset[CID] = frozenset()
 
     def set(self, repo: str, arch: str, name: str, entry: Entry) -> None:
@@ -70,14 +73,19 @@ class FolderTree:
             builder = DirectoryBuilder(version=self.version)
         builder.set(name, entry)  # checks the name before the folder is kept
         self._dirs[key] = builder
+        self._built.pop(key, None)
 
     def remove(self, repo: str, arch: str, name: str) -> bool:
         """Unlink ``name``; False if it was not linked. An emptied folder stays (empty)."""
         builder = self._dirs.get((repo, arch))
-        return builder is not None and builder.remove(name)
+        if builder is None or not builder.remove(name):
+            return False
+        self._built.pop((repo, arch), None)
+        return True
 
     def drop(self, repo: str, arch: str) -> bool:
         """Forget the whole ``repo/os/arch`` folder (a repo no longer indexed)."""
+        self._built.pop((repo, arch), None)
         return self._dirs.pop((repo, arch), None) is not None
 
     def names(self, repo: str, arch: str) -> set[str]:
@@ -102,7 +110,9 @@ class FolderTree:
         repos: dict[str, dict[str, Entry]] = {}
         arch_dirs: list[Directory] = []
         for (repo, arch), builder in sorted(self._dirs.items()):
-            built = builder.build()
+            built = self._built.get((repo, arch))
+            if built is None:
+                built = self._built[repo, arch] = builder.build()
             arch_dirs.append(built)
             repos.setdefault(repo, {})[arch] = Entry(built.root, built.size)
         top: dict[str, Entry] = {}
