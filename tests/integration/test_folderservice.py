@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,38 @@ async def test_bad_names_are_refused_and_a_vanished_package_is_left_out(
         assert root is not None
         assert set(folder(env.store, root, "core")) == {"ok.pkg.tar.zst"}
         assert any("gone.pkg.tar.zst left out" in r.getMessage() for r in caplog.records)
+    finally:
+        await folders.stop()
+
+
+@run
+async def test_a_failed_build_loses_nothing_and_is_retried(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another writer holding the database (past SQLite's 5 s busy wait) fails the build;
+    once it lets go, the retry links everything the failed build had taken."""
+    folders = RepoFolders(env.store, quiet=0.05, max_delay=0.2)
+    await folders.start()
+    try:
+        pkg = env.package("core", "p.pkg.tar.zst", b"p")
+        blocker = sqlite3.connect(env.root / "blocks.sqlite", isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            folders.package_added("core", "x86_64", "p.pkg.tar.zst", *pkg, b"p sig")
+
+            def failed() -> bool:
+                return any("failed (retrying later)" in r.getMessage() for r in caplog.records)
+
+            await wait_for(failed, "a failed build")
+            assert folders.root is None
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await wait_for(lambda: folders.root is not None, "the retried build")
+        assert folders.root is not None
+        core = folder(env.store, folders.root, "core")
+        assert set(core) == {"p.pkg.tar.zst", "p.pkg.tar.zst.sig"}
+        assert cat(env.store, core["p.pkg.tar.zst.sig"][0]) == b"p sig"
     finally:
         await folders.stop()
 

@@ -69,7 +69,6 @@ class _Link:
     """A package to link: its blocks are the cache's (add_package)."""
 
     cid: CID
-    size: int
 
 
 @dataclass(frozen=True)
@@ -143,9 +142,12 @@ class RepoFolders:
     def package_added(
         self, repo: str, arch: str, filename: str, cid: CID, size: int, sig: bytes | None
     ) -> None:
-        """Link a verified package (and its detached signature, when held)."""
+        """Link a verified package (and its detached signature, when held).
+
+        ``size`` (the file's) is not what the link needs: kubo's link Tsize counts the DAG's
+        inner nodes too, so the build reads it from the package's root block."""
         _check(repo, arch, filename)
-        self._change((repo, arch, filename), _Link(cid, size))
+        self._change((repo, arch, filename), _Link(cid))
         sig_copy = None if sig is None else _Copy(sig_key(repo, arch, filename), sig, False)
         self._change((repo, arch, filename + ".sig"), sig_copy)
 
@@ -215,7 +217,9 @@ class RepoFolders:
                 await self._timer
         if self._inflight is not None:
             with contextlib.suppress(Exception):
-                await self._inflight
+                built = await self._inflight  # stored, even if the wait for it was cancelled
+                if built is not None:
+                    self.root = built.root
         self._pending.clear()
         self._drops.clear()
         self._first = None
