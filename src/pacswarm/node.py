@@ -221,7 +221,11 @@ class Node:
         cached = [
             RequestPath(p.repo, p.arch, p.filename, FileKind.PACKAGE) for p in self.store.cached()
         ]
-        self._background(self.ipfs.import_existing(cached))
+        self._background(self._import_then_publish(cached))
+
+    async def _import_then_publish(self, cached: list[RequestPath]) -> None:
+        await self.ipfs.import_existing(cached)
+        await self.ipns.go()
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

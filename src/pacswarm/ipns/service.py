@@ -69,7 +69,12 @@ class IpnsService:
         return self.publisher.name if self.publisher is not None else None
 
     async def start(self, blocks: PackageBlockstore, host: P2PHost | None) -> None:
-        """Folders from the held dbs (packages follow as IPFS reports them), then IPNS."""
+        """Make the folders and the name, and link the held dbs; nothing is built yet.
+
+        The node then replays its cached packages (``on_imported``) and calls :meth:`go`:
+        the first build sees the whole tree, so a restart with nothing changed gives the
+        same root as before and publishes no half-built one.
+        """
         data = self.config.data_dir
         key = load_or_create_identity(data / "ipfs" / "identity.key").private_key
         (data / "ipns").mkdir(parents=True, exist_ok=True)
@@ -79,7 +84,12 @@ class IpnsService:
         self.folders = RepoFolders(blocks)
         self.folders.on_root.append(self._on_root)
         for repo, arch in self.dbs.indexed():
-            self._background(self._db_files(repo, arch))
+            await self._db_files(repo, arch)
+
+    async def go(self) -> None:
+        """Start building (debounced) and publishing, with the republish loop."""
+        if self.folders is None or self.publisher is None:
+            return
         await self.folders.start()
         await self.publisher.start()
         log.info("ipns: this node's folders are /ipns/%s", self.publisher.name)
