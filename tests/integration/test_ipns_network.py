@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -18,17 +19,23 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
+from aiohttp import web
 from libp2p.peer.id import ID
 
+from pacswarm.cli import main
+from pacswarm.config import load_config
 from pacswarm.config_tables import IpnsConfig
 from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.host import P2PHost
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipns.publisher import IpnsPublisher
-from pacswarm.ipns.record import build_record, routing_key
+from pacswarm.ipns.record import build_record, ipns_name, name_multihash, routing_key
 from pacswarm.ipns.resolver import IpnsResolver
 from pacswarm.ipns.sequence import SequenceCounter
+from pacswarm.node import Node
+from pacswarm.proxy import COMMAND_HEADER
 
 T = TypeVar("T")
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -87,7 +94,7 @@ async def in_routing_table(host: P2PHost, count: int) -> None:
     await until(check, f"{count} peer(s) in the DHT routing table of {host.peer_id}")
 
 
-def publisher_for(tmp_path: Path, host: P2PHost, index: int = 0) -> IpnsPublisher:
+def publisher_for(tmp_path: Path, host: P2PHost | None, index: int = 0) -> IpnsPublisher:
     key = load_or_create_identity(tmp_path / f"key{index}").private_key
     sequence = SequenceCounter(tmp_path / f"ipns{index}" / "sequence")
     return IpnsPublisher(key, sequence, CONFIG, host)
@@ -249,3 +256,74 @@ def test_publish_with_the_network_down_keeps_the_record(
     assert publisher.record_path.read_bytes() == publisher.record
     assert "DHT put of record 1 failed" in caplog.text
     assert "pubsub publish of record 1 failed" in caplog.text
+
+
+# --- the command line: `pacswarm id` and `pacswarm publish` ------------------------------
+
+
+def test_id_prints_the_ipns_name_of_the_identity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    assert main(["id", "--data-dir", str(data), "--mirrorlist", str(tmp_path / "none")]) == 0
+    key = load_or_create_identity(data / "ipfs" / "identity.key")
+    name = ipns_name(name_multihash(key.public_key))
+    assert f"ipns: /ipns/{name}\n" in capsys.readouterr().out
+    assert name.startswith("k51qzi5uqu5")
+
+
+def test_publish_without_a_running_node_says_how_to_start_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    assert main(["publish", "--listen", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"no pacswarm node answers at http://127.0.0.1:{port}/api/publish" in err
+    assert "pacswarm serve" in err
+
+
+def test_publish_asks_the_node_and_prints_name_root_sequence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real pacman-facing app (Node.app()) with a publish_now over a real publisher."""
+    config = load_config(None, {"data_dir": str(tmp_path / "data"), "listen": "127.0.0.1:0"})
+    node = Node(config, ["http://127.0.0.1:9/$repo/os/$arch"])
+    pub = publisher_for(tmp_path, None)
+
+    async def publish_now() -> dict[str, Any]:
+        raw = await pub.publish(ROOT1)
+        assert pub.current is not None and raw == pub.record
+        return {"name": pub.name, "root": str(ROOT1), "sequence": pub.current.sequence}
+
+    node.proxy.publish_now = publish_now
+
+    async def main_() -> tuple[list[int], list[str], int, int]:
+        runner = web.AppRunner(node.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            codes = [
+                await asyncio.to_thread(main, ["publish", "--listen", f"127.0.0.1:{port}"])
+                for _ in range(2)
+            ]
+            outs = capsys.readouterr().out.split("published ")[1:]
+            async with aiohttp.ClientSession() as session:
+                url = f"http://127.0.0.1:{port}/api/publish"
+                async with session.post(url) as bare:  # no command header: a web page
+                    forbidden = bare.status
+                node.proxy.publish_now = None
+                async with session.post(url, headers={COMMAND_HEADER: "publish"}) as off:
+                    unavailable = off.status
+        finally:
+            await runner.cleanup()
+        return codes, outs, forbidden, unavailable
+
+    codes, outs, forbidden, unavailable = run(main_())
+    assert codes == [0, 0]
+    assert outs[0] == f"/ipns/{pub.name}\n  root: /ipfs/{ROOT1}\n  sequence: 1\n"
+    assert outs[1].endswith("  sequence: 2\n")
+    assert (forbidden, unavailable) == (403, 503)
