@@ -37,7 +37,14 @@ from pacswarm.ipfs.cid import CID, encode_varint
 from pacswarm.ipfs.host import P2PHost
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipns.publisher import IpnsPublisher
-from pacswarm.ipns.record import build_record, format_validity, name_multihash, routing_key
+from pacswarm.ipns.record import (
+    build_record,
+    format_validity,
+    ipns_name,
+    name_multihash,
+    routing_key,
+)
+from pacswarm.ipns.resolver import IpnsResolver
 from pacswarm.ipns.sequence import SequenceCounter
 from tests.support.helia import HELIA_DIR, node_major_version
 
@@ -195,11 +202,12 @@ async def our_node(tmp_path: Path) -> AsyncIterator[tuple[P2PHost, IpnsPublisher
         await host.stop()
 
 
-async def _resolver(mode: str, addr: str, key: bytes, *extra: str) -> asyncio.subprocess.Process:
+async def _resolver(mode: str, addr: str, arg: str, *extra: str) -> asyncio.subprocess.Process:
+    """ipns_resolve.mjs MODE ADDR ARG (a routing key in hex, or put's value) 30000 EXTRA..."""
     node = shutil.which("node")
     assert node is not None
     return await asyncio.create_subprocess_exec(
-        node, str(RESOLVE_SCRIPT), mode, addr, key.hex(), "30000", *extra,
+        node, str(RESOLVE_SCRIPT), mode, addr, arg, "30000", *extra,
         cwd=HELIA_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )  # fmt: skip
@@ -232,7 +240,7 @@ def test_helia_resolves_our_name_over_its_dht(tmp_path: Path) -> None:
     async def main() -> tuple[dict[str, Any], int, IpnsPublisher, str]:
         async with our_node(tmp_path) as (host, publisher):
             await publisher.publish(ROOT)
-            proc = await _resolver("dht", host.listen_addrs()[0], publisher.routing_key)
+            proc = await _resolver("dht", host.listen_addrs()[0], publisher.routing_key.hex())
             out = await _line(proc)
             return out, await _finish(proc), publisher, host.peer_id
 
@@ -249,7 +257,9 @@ def test_helia_receives_our_record_over_ipns_pubsub(tmp_path: Path) -> None:
     async def main() -> tuple[dict[str, Any], int, str]:
         async with our_node(tmp_path) as (host, publisher):
             await publisher.publish(ROOT)  # joins our own /record/ topic
-            proc = await _resolver("pubsub", host.listen_addrs()[0], publisher.routing_key, "2")
+            proc = await _resolver(
+                "pubsub", host.listen_addrs()[0], publisher.routing_key.hex(), "2"
+            )
             ready = await _line(proc)
             assert ready.get("ready") is True, ready
             assert ready["topic"] == publisher.topic
@@ -265,3 +275,28 @@ def test_helia_receives_our_record_over_ipns_pubsub(tmp_path: Path) -> None:
     assert code == 0 and out["ok"] is True, out
     assert out["value"] == f"/ipfs/{ROOT2}" and out["sequence"] == "2"
     assert out["from"] == peer_id
+
+
+@needs_resolve
+def test_helia_stores_its_own_record_on_our_node_and_we_resolve_it(tmp_path: Path) -> None:
+    """kad-dht's put (FIND_NODE answered by KadDHT through our handler, then PUT_VALUE under
+    Helia's binary key answered by ours): we keep Helia's record and resolve its name."""
+
+    async def main() -> tuple[dict[str, Any], int, bytes | None, Any, str]:
+        async with our_node(tmp_path) as (host, publisher):
+            proc = await _resolver("put", host.listen_addrs()[0], f"/ipfs/{ROOT}")
+            proc_args = await _line(proc)
+            code = await _finish(proc)
+            key = bytes.fromhex(proc_args.get("routing_key_hex", ""))
+            held = host.ipns_records.get(key)
+            resolver = IpnsResolver(publisher, host)
+            name = ipns_name(key[len(b"/ipns/") :])
+            resolved = await resolver.resolve(name)
+            await resolver.stop()
+            return proc_args, code, held.raw if held else None, resolved, host.peer_id
+
+    out, code, held, resolved, peer_id = asyncio.run(main())
+    assert code == 0 and out["ok"] is True, out
+    assert out["stored_at"] == [peer_id]
+    assert held is not None
+    assert resolved is not None and resolved.value == ROOT and resolved.record == held

@@ -2,6 +2,7 @@
 //
 //   node ipns_resolve.mjs dht    PEER_MULTIADDR ROUTING_KEY_HEX TIMEOUT_MS
 //   node ipns_resolve.mjs pubsub PEER_MULTIADDR ROUTING_KEY_HEX TIMEOUT_MS [MIN_SEQUENCE]
+//   node ipns_resolve.mjs put    PEER_MULTIADDR VALUE TIMEOUT_MS
 //
 // dht: a js-libp2p node with @libp2p/kad-dht (client mode, the /ipfs/kad/1.0.0 protocol, the
 // `ipns` package's validator and selector, as Helia's routing uses them) dials the peer, waits
@@ -11,6 +12,9 @@
 // base64url(routingKey), prints {"ready":true} once the peer knows it is subscribed, and
 // waits for a record message with a sequence of at least MIN_SEQUENCE (default 0; older ones,
 // e.g. replayed by gossip, are logged and skipped; the test makes the peer publish then).
+// put: the other way round: makes a key and its own record (`createIPNSRecord`, sequence 7,
+// value VALUE) and runs `dht.put` (FIND_NODE, then PUT_VALUE to the peer); prints
+// {"ok":true,"routing_key_hex","stored_at":[peer ids that echoed the record]}.
 // Every record found is checked again with `ipnsValidator` and unmarshalled; prints one JSON
 // line {"ok":true,"value","sequence","validity","ttl","from"} (exit 0) or {"ok":false,"error"}
 // (exit 1). Nothing is dialled but the given peer; no bootstrap, no mDNS.
@@ -25,13 +29,14 @@ import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
-import { unmarshalIPNSRecord } from 'ipns'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { createIPNSRecord, marshalIPNSRecord, multihashToIPNSRoutingKey, unmarshalIPNSRecord } from 'ipns'
 import { ipnsSelector } from 'ipns/selector'
 import { ipnsValidator } from 'ipns/validator'
 import { createLibp2p } from 'libp2p'
 
-const [mode, peerAddr, routingKeyHex, timeoutText, minSequence] = process.argv.slice(2)
-const routingKey = Uint8Array.from(Buffer.from(routingKeyHex, 'hex'))
+const [mode, peerAddr, keyOrValue, timeoutText, minSequence] = process.argv.slice(2)
+const routingKey = mode === 'put' ? null : Uint8Array.from(Buffer.from(keyOrValue, 'hex'))
 const signal = AbortSignal.timeout(Number(timeoutText ?? 30000))
 const log = (...args) => { process.stderr.write(`[ipns_resolve] ${args.join(' ')}\n`) }
 const say = (obj) => { process.stdout.write(JSON.stringify(obj) + '\n') }
@@ -51,12 +56,33 @@ async function describe (record, from) {
 
 async function sleep (ms) { await new Promise((resolve) => setTimeout(resolve, ms)) }
 
-async function viaDht (node, peerId) {
-  const dht = node.services.dht
+async function inRoutingTable (dht, peerId) {
   while (dht.routingTable.size === 0) {
     if (signal.aborted) throw new Error(`peer ${peerId} never entered the DHT routing table`)
     await sleep(100)
   }
+}
+
+async function putOwn (node, peerId) {
+  const dht = node.services.dht
+  await inRoutingTable(dht, peerId)
+  const key = await generateKeyPair('Ed25519')
+  const record = marshalIPNSRecord(await createIPNSRecord(key, keyOrValue, 7n, 3_600_000))
+  const ownKey = multihashToIPNSRoutingKey(key.publicKey.toMultihash())
+  const storedAt = []
+  for await (const event of dht.put(ownKey, record, { signal })) {
+    log('dht put event', event.name)
+    if (event.name === 'PEER_RESPONSE' && event.record != null &&
+        Buffer.from(event.record.value).equals(Buffer.from(record))) {
+      storedAt.push(event.from.toString())
+    }
+  }
+  return { ok: true, routing_key_hex: Buffer.from(ownKey).toString('hex'), stored_at: storedAt }
+}
+
+async function viaDht (node, peerId) {
+  const dht = node.services.dht
+  await inRoutingTable(dht, peerId)
   for await (const event of dht.get(routingKey, { signal })) {
     log('dht event', event.name)
     if (event.name === 'VALUE') return await describe(event.value, event.from.toString())
@@ -112,7 +138,9 @@ try {
   const conn = await node.dial(multiaddr(peerAddr), { signal })
   const peerId = conn.remotePeer.toString()
   log('connected to', peerId)
-  const out = mode === 'pubsub' ? await viaPubsub(node, peerId) : await viaDht(node, peerId)
+  const run = { pubsub: viaPubsub, put: putOwn, dht: viaDht }[mode]
+  if (run == null) throw new Error(`unknown mode ${mode}: dht, pubsub or put`)
+  const out = await run(node, peerId)
   say(out)
   code = 0
 } catch (err) {
