@@ -17,8 +17,16 @@ from pacswarm.config import load_config
 from pacswarm.config_tables import IpnsConfig, parse_duration
 from pacswarm.errors import ConfigError
 from pacswarm.ipfs.cid import CID
+from pacswarm.ipfs.dhtvalues import IpnsRecordStore, StaleRecord
 from pacswarm.ipns.publisher import IpnsPublisher, IpnsPublishError, next_republish
-from pacswarm.ipns.record import build_record, ipns_name, name_multihash, validate_record
+from pacswarm.ipns.record import (
+    IpnsRecordError,
+    build_record,
+    ipns_name,
+    name_multihash,
+    routing_key,
+    validate_record,
+)
 from pacswarm.ipns.resolver import IpnsResolver
 from pacswarm.ipns.sequence import SequenceCounter
 
@@ -286,3 +294,32 @@ def test_ipns_table_defaults_and_values(tmp_path: Path) -> None:
 def test_ipns_table_errors_say_what_to_do(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _load(tmp_path, body)
+
+
+# --- the DHT's record store ----------------------------------------------------------------
+
+
+def test_dht_store_keeps_the_best_and_stays_bounded_but_never_drops_ours(key: KeyPair) -> None:
+    clock = Clock()
+    own_key = routing_key(name_multihash(key.public_key))
+    store = IpnsRecordStore(max_records=3, clock=clock, max_bytes=10**6)
+    store.pin(own_key)
+    assert store.offer(own_key, _record(key, 2, ROOT))
+    assert not store.offer(own_key, _record(key, 2, ROOT))  # the same again: no change
+    with pytest.raises(StaleRecord, match="sequence 1 loses to the held 2"):
+        store.offer(own_key, _record(key, 1, OTHER_ROOT))
+    with pytest.raises(IpnsRecordError):
+        store.offer(own_key, _record(create_new_key_pair(b"\x30" * 32), 9, ROOT))  # not its key
+    others = [create_new_key_pair(bytes([0x40 + i]) * 32) for i in range(4)]
+    keys = [routing_key(name_multihash(p.public_key)) for p in others]
+    for peer, rkey in zip(others, keys, strict=True):
+        assert store.offer(rkey, _record(peer, 1, ROOT))
+    assert len(store) == 3
+    assert store.get(own_key) is not None  # pinned: the flood pushed out the others
+    assert [store.get(k) is not None for k in keys] == [False, False, True, True]
+    by_bytes = IpnsRecordStore(clock=clock, max_bytes=2 * len(_record(key, 1, ROOT)) + 10)
+    for peer, rkey in zip(others, keys, strict=True):
+        by_bytes.offer(rkey, _record(peer, 1, ROOT))
+    assert len(by_bytes) == 2
+    clock.now += 2 * HOUR  # expired records are not served
+    assert store.get(keys[3]) is None

@@ -44,8 +44,10 @@ from pacswarm.ipns.record import ROUTING_PREFIX, IpnsRecord, IpnsRecordError, va
 
 log = logging.getLogger(__name__)
 
-#: Records of other names kept for the DHT (a public DHT server holds thousands).
+#: Records kept for the DHT, and their bytes in all: a record may be 10 KiB, so a count
+#: alone would let a peer flooding PUT_VALUE with new names pin 100 MB.
 MAX_RECORDS = 10_000
+MAX_BYTES = 8 * 1024 * 1024
 #: Peers asked at once, and most peers one lookup asks in all.
 ALPHA = 3
 MAX_QUERIED = 20
@@ -83,14 +85,29 @@ class IpnsRecordStore:
     """Validated IPNS records by binary routing key: the best one per name, bounded.
 
     What this node answers GET_VALUE with, and what PUT_VALUE from peers (and our own
-    publisher) fill. Expired records are dropped when read. Oldest-stored go first when full.
+    publisher) fill. Expired records are dropped when read. Oldest-stored go first when
+    full, except pinned keys (our own name: a flood of other names never pushes it out).
     """
 
-    def __init__(self, max_records: int = MAX_RECORDS, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        max_records: int = MAX_RECORDS,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
         self._max = max_records
+        self._max_bytes = max_bytes
         self._clock = clock
         self._records: OrderedDict[bytes, IpnsRecord] = OrderedDict()
+        self._bytes = 0
+        self._pinned: set[bytes] = set()
         self._lock = threading.Lock()
+
+    def pin(self, key: bytes) -> None:
+        """Never evict ``key`` to make room (it still goes when it expires)."""
+        with self._lock:
+            self._pinned.add(key)
 
     def offer(self, key: bytes, raw: bytes) -> bool:
         """Keep ``raw`` if valid and better than what is held; True if it was stored.
@@ -108,11 +125,19 @@ class IpnsRecordStore:
                 raise StaleRecord(
                     f"record sequence {record.sequence} loses to the held {held.sequence}"
                 )
+            self._bytes += len(record.raw) - (len(held.raw) if held is not None else 0)
             self._records[key] = record
             self._records.move_to_end(key)
-            while len(self._records) > self._max:
-                self._records.popitem(last=False)
+            self._evict()
         return True
+
+    def _evict(self) -> None:
+        """Drop the oldest unpinned records while over either bound (lock held)."""
+        while len(self._records) > self._max or self._bytes > self._max_bytes:
+            victim = next((k for k in self._records if k not in self._pinned), None)
+            if victim is None:
+                return
+            self._bytes -= len(self._records.pop(victim).raw)
 
     def get(self, key: bytes) -> IpnsRecord | None:
         """The record held for ``key``, if any and not expired."""
@@ -120,6 +145,7 @@ class IpnsRecordStore:
             record = self._records.get(key)
             if record is not None and record.validity_ns < self._clock() * 1e9:
                 del self._records[key]
+                self._bytes -= len(record.raw)
                 record = None
         return record
 

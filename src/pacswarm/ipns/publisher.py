@@ -116,6 +116,8 @@ class IpnsPublisher:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._joined = False
+        if host is not None:
+            host.ipns_records.pin(self.routing_key)  # our record is served, come what may
 
     # state ----------------------------------------------------------------------------------
 
@@ -213,6 +215,9 @@ class IpnsPublisher:
         if host is None:
             return
         await self._join_own_topic(host)
+        await asyncio.gather(self._put(host, record), self._gossip(host, record))
+
+    async def _put(self, host: P2PHost, record: IpnsRecord) -> None:
         try:
             peers = await asyncio.wait_for(
                 host.put_ipns(self.routing_key, record.raw), ANNOUNCE_TIMEOUT
@@ -220,6 +225,8 @@ class IpnsPublisher:
             log.info("ipns: record %d stored at %d DHT peer(s)", record.sequence, peers)
         except Exception as e:
             log.warning("ipns: DHT put of record %d failed: %r", record.sequence, e)
+
+    async def _gossip(self, host: P2PHost, record: IpnsRecord) -> None:
         try:
             await asyncio.wait_for(host.pubsub.publish(self.topic, record.raw), ANNOUNCE_TIMEOUT)
         except Exception as e:
@@ -273,9 +280,12 @@ class IpnsPublisher:
             await self._announce(record)
 
     async def start(self) -> None:
-        """Load the saved record, announce it at once, then keep republishing."""
+        """Load the saved record, announce it at once, then keep republishing (nothing at
+        all with ``publish = false``: not even our own gateway serves an old record)."""
+        if not self.config.publish:
+            return
         self.load()
-        if self.config.publish and self._task is None:
+        if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="ipns-republish")
 
     async def stop(self) -> None:

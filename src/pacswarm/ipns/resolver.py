@@ -102,6 +102,9 @@ class IpnsResolver:
             if entry is not None:
                 return _resolved(entry.record)  # stale for its TTL, still valid: better than none
             raise
+        except Exception as e:  # the host stopped, a bridge error: as if nothing was found
+            log.warning("ipns: DHT lookup of %s failed: %r", name, e)
+            raw = None
         if raw is not None:
             self.offer(multihash, raw, "dht")
         entry = self._cache.get(multihash)
