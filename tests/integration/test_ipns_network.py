@@ -115,7 +115,12 @@ def test_dht_resolves_a_name_through_a_peer_under_the_binary_key(tmp_path: Path)
             assert key.startswith(b"/ipns/\x00$\x08\x01") and len(key) == 6 + 38
             held = b.ipns_records.get(key)  # what B's DHT stored, under the binary key
             assert held is not None and held.raw == publisher.record
-            assert b.dht is not None and b.dht.value_store.size() == 0  # not py's text store
+
+            async def text_store_size() -> int:
+                assert b.dht is not None
+                return b.dht.value_store.size()
+
+            assert await b.bridge.run(text_store_size) == 0  # nothing in py's text-key store
             await a.stop()
             resolver = IpnsResolver(publisher_for(tmp_path / "c", c), c)
             resolved = await resolver.resolve(publisher.name)
