@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -323,3 +324,44 @@ def test_dht_store_keeps_the_best_and_stays_bounded_but_never_drops_ours(key: Ke
     assert len(by_bytes) == 2
     clock.now += 2 * HOUR  # expired records are not served
     assert store.get(keys[3]) is None
+
+
+def test_a_new_root_in_between_postpones_the_republish(tmp_path: Path, key: KeyPair) -> None:
+    clock = Clock()
+    config = IpnsConfig(lifetime=10 * HOUR, republish=HOUR)
+    pub = publisher(tmp_path, key, clock, config)
+    slept: list[tuple[float, float]] = []  # (delay asked, time it was asked)
+    announced: list[float] = []
+
+    async def main() -> None:
+        done = asyncio.Event()
+        real_announce = pub._announce
+
+        async def announce(record: Any) -> None:
+            announced.append(clock.now - START)
+            await real_announce(record)
+
+        async def sleep(delay: float) -> None:
+            slept.append((delay, clock.now - START))
+            if len(slept) == 1:  # a new root half-way through the first wait
+                clock.now += delay / 2
+                await pub.publish(OTHER_ROOT)
+                clock.now += delay / 2
+            elif len(slept) == 3:
+                done.set()
+                await asyncio.Event().wait()
+            else:
+                clock.now += delay
+
+        pub._announce = announce  # type: ignore[method-assign]
+        pub._sleep = sleep
+        await pub.publish(ROOT)
+        await pub.start()
+        await asyncio.wait_for(done.wait(), 10)
+        await pub.stop()
+
+    asyncio.run(main())
+    # announced: publish at 0, the start-up republish at 0, the new root at 0.5 h, then the
+    # republish one interval after *that* (1.5 h), not after the first one (1 h)
+    assert announced == [0.0, 0.0, 0.5 * HOUR, 1.5 * HOUR]
+    assert slept == [(HOUR, 0.0), (0.5 * HOUR, HOUR), (HOUR, 1.5 * HOUR)]

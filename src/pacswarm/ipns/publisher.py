@@ -296,6 +296,8 @@ class IpnsPublisher:
                 await task
 
     async def _loop(self) -> None:
+        """Republish when due; after each sleep the due time is computed again, since a
+        publish() in between (a new root) counts as an announcement."""
         first = True
         while True:
             record = self._current
@@ -306,8 +308,9 @@ class IpnsPublisher:
             delay, _ = next_republish(
                 self._clock(), record.validity_ns / _NS, self._last_announce, self.config
             )
-            if not first:
+            if delay > 0 and not first:
                 await self._sleep(max(delay, 1.0))
+                continue
             first = False
             try:
                 await self.republish()
