@@ -21,13 +21,20 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+import trio
+import varint  # type: ignore[import-untyped]
 from aiohttp import web
+from libp2p.abc import INetStream
+from libp2p.kad_dht.common import MAX_DHT_MESSAGE_SIZE
+from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.peer.id import ID
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 from pacswarm.cli import main
 from pacswarm.config import load_config
 from pacswarm.config_tables import IpnsConfig
 from pacswarm.ipfs.cid import CID
+from pacswarm.ipfs.dhtvalues import DhtValues
 from pacswarm.ipfs.host import P2PHost
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipns.publisher import IpnsPublisher
@@ -332,3 +339,61 @@ def test_publish_asks_the_node_and_prints_name_root_sequence(
     assert outs[0] == f"/ipns/{pub.name}\n  root: /ipfs/{ROOT1}\n  sequence: 1\n"
     assert outs[1].endswith("  sequence: 2\n")
     assert (forbidden, unavailable) == (403, 503)
+
+
+class _Replay:
+    """A stream that gives back one frame already read, then reads the real stream."""
+
+    def __init__(self, stream: Any, frame: bytes) -> None:
+        self._stream, self._frame = stream, frame
+
+    async def read(self, n: int | None = None) -> bytes:
+        if self._frame:
+            size = len(self._frame) if n is None or n < 0 else n
+            out, self._frame = self._frame[:size], self._frame[size:]
+            return out
+        return bytes(await self._stream.read(n))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _SilentOnGet(DhtValues):
+    """A DHT peer that takes GET_VALUE for /ipns/ keys and never answers (a stuck peer)."""
+
+    async def handle_stream(self, stream: INetStream) -> None:
+        body = await read_varint_prefixed_bytes_limited(stream, MAX_DHT_MESSAGE_SIZE)
+        message = Message()
+        message.ParseFromString(body)
+        if message.type == Message.GET_VALUE and message.key.startswith(b"/ipns/"):
+            await trio.sleep_forever()
+        frame = bytes(varint.encode(len(body))) + body
+        await super().handle_stream(_Replay(stream, frame))  # type: ignore[arg-type]
+
+
+def test_a_stuck_dht_peer_does_not_hold_up_the_answer(tmp_path: Path) -> None:
+    """C asks B (has the record) and S (never answers GET_VALUE) at once: C resolves from B
+    without waiting S out (S alone would take longer than the resolver's timeout)."""
+
+    async def main() -> None:
+        async with hosts(tmp_path, 4) as (a, b, c, s):
+
+            async def silence() -> None:
+                assert s.libp2p_host is not None and s.dht is not None
+                _SilentOnGet(s.libp2p_host, s.dht, s.ipns_records).install()
+
+            await s.bridge.run(silence)
+            await a.connect(b.listen_addrs()[0])
+            for peer in (b, s):
+                await c.connect(peer.listen_addrs()[0])
+            await in_routing_table(a, 1)
+            await in_routing_table(c, 2)
+            publisher = publisher_for(tmp_path, a)
+            await publisher.publish(ROOT1)
+            assert b.ipns_records.get(publisher.routing_key) is not None
+            resolver = IpnsResolver(publisher_for(tmp_path / "c", c), c)
+            resolved = await resolver.resolve(publisher.name)
+            assert resolved is not None and resolved.value == ROOT1
+            await resolver.stop()
+
+    run(main())

@@ -53,6 +53,9 @@ ALPHA = 3
 MAX_QUERIED = 20
 #: Seconds one peer may take to answer one message.
 PEER_TIMEOUT = 10.0
+#: Seconds the rest of a batch still has once one peer answered with a valid record: a
+#: gateway resolving for pacman (10 s rule) must not wait for the slowest peer.
+FOUND_GRACE = 0.5
 
 
 class StaleRecord(IpnsRecordError):
@@ -286,7 +289,9 @@ class DhtValues:
             log.debug("DHT exchange with %s failed: %r", peer, e)
         finally:
             if stream is not None:
-                with trio.move_on_after(2), contextlib.suppress(Exception):
+                # Shielded: a lookup that ended early still closes its streams.
+                with trio.CancelScope(shield=True) as scope, contextlib.suppress(Exception):
+                    scope.deadline = trio.current_time() + 2
                     await stream.close()
         return None
 
@@ -357,17 +362,24 @@ class DhtValues:
         return best.raw if best is not None else None
 
     async def _ask_all(self, peers: list[ID], message: Message) -> list[Message]:
-        """The GET_VALUE answers of ``peers``, asked at once."""
+        """The GET_VALUE answers of ``peers``, asked at once; once one carries a valid
+        record the others get ``FOUND_GRACE`` seconds more, not ``PEER_TIMEOUT``."""
         replies: list[Message] = []
+        key = bytes(message.key)
 
-        async def one(peer: ID) -> None:
+        async def one(peer: ID, scope: trio.CancelScope) -> None:
             reply = await self._exchange(peer, message)
-            if reply is not None and reply.type == Message.GET_VALUE:
-                replies.append(reply)
+            if reply is None or reply.type != Message.GET_VALUE:
+                return
+            replies.append(reply)
+            if reply.HasField("record") and reply.record.value:
+                with contextlib.suppress(IpnsRecordError):
+                    check_record(key, bytes(reply.record.value), time.time())
+                    scope.deadline = min(scope.deadline, trio.current_time() + FOUND_GRACE)
 
         async with trio.open_nursery() as nursery:
             for peer in peers:
-                nursery.start_soon(one, peer)
+                nursery.start_soon(one, peer, nursery.cancel_scope)
         return replies
 
     def _better_of(

@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DHT_TIMEOUT = 15.0
+#: Seconds a DHT lookup may take: below pacman's 10 s, so that pacman behind the gateway
+#: gets a 504 (and tries its next Server) rather than giving up itself.
+DHT_TIMEOUT = 8.0
 MAX_NAMES = 256
 _NS = 10**9
 
