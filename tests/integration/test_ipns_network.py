@@ -150,7 +150,8 @@ def test_pubsub_brings_a_new_record_without_a_lookup(tmp_path: Path) -> None:
             await in_routing_table(a, 1)
             publisher = publisher_for(tmp_path, a)
             await publisher.publish(ROOT1)
-            resolver = IpnsResolver(publisher_for(tmp_path / "b", b), b)
+            resolver = IpnsResolver(publisher_for(tmp_path / "b", None), None)
+            resolver.attach(b)  # as a node does: the gateway gets it before the host exists
             first = await resolver.resolve(publisher.name)
             assert first is not None and first.value == ROOT1
 
@@ -388,7 +389,8 @@ def test_a_stuck_dht_peer_does_not_hold_up_the_answer(tmp_path: Path) -> None:
                 await c.connect(peer.listen_addrs()[0])
             await in_routing_table(a, 1)
             await in_routing_table(c, 2)
-            publisher = publisher_for(tmp_path, a)
+            publisher = publisher_for(tmp_path, None)
+            publisher.attach(a)  # a host made after the publisher
             await publisher.publish(ROOT1)
             assert b.ipns_records.get(publisher.routing_key) is not None
             resolver = IpnsResolver(publisher_for(tmp_path / "c", c), c)

@@ -117,7 +117,14 @@ class IpnsPublisher:
         self._task: asyncio.Task[None] | None = None
         self._joined = False
         if host is not None:
-            host.ipns_records.pin(self.routing_key)  # our record is served, come what may
+            self.attach(host)
+
+    def attach(self, host: P2PHost) -> None:
+        """Announce through ``host`` from now on (for a node that builds the host after the
+        publisher, e.g. in ``IpfsService.before_listen``); our key is pinned in its DHT
+        record store, so our record is served whatever else peers store there."""
+        self._host = host
+        host.ipns_records.pin(self.routing_key)
 
     # state ----------------------------------------------------------------------------------
 

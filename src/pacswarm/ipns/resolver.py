@@ -78,6 +78,11 @@ class IpnsResolver:
         self._topics: dict[bytes, str] = {}
         self._background: set[asyncio.Task[None]] = set()
 
+    def attach(self, host: P2PHost) -> None:
+        """Look names up through ``host`` from now on (the gateway may get this resolver
+        before the node's P2PHost exists)."""
+        self._host = host
+
     async def resolve(self, name: str) -> Resolved | None:
         """The current record of ``name``, validated; None if none is found.
 
