@@ -1,4 +1,4 @@
-"""The ``pacswarm`` command: init, serve, verify, id, reset-db, cid.
+"""The ``pacswarm`` command: init, serve, verify, id, publish, reset-db, cid.
 
 Errors the user can fix (:class:`~pacswarm.errors.PacswarmError`) are printed as one line with
 what to do next, and exit 2; ``verify`` exits 1 for a package that fails.
@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ from pacswarm import __version__
 from pacswarm.config import Config, config_keys, load_config
 from pacswarm.dbsync import reset_held
 from pacswarm.errors import PacswarmError
-from pacswarm.ipfs.identity import peer_id_of
+from pacswarm.ipfs.identity import load_or_create_identity, peer_id_of
 from pacswarm.ipfs.unixfs import import_stream
+from pacswarm.ipns.record import ipns_name, name_multihash
 from pacswarm.node import initialise, resolve_mirrors, serve
+from pacswarm.proxy import COMMAND_HEADER
 from pacswarm.verify import verify_signature
 
 log = logging.getLogger("pacswarm")
@@ -57,8 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--sig", type=Path, help="detached signature (default: PACKAGE.sig)")
     ver.add_argument("--gpgdir", type=Path, help="pacman keyring (/etc/pacman.d/gnupg)")
     ver.add_argument("--config", type=Path, help="TOML config file (for gpgdir)")
-    ident = sub.add_parser("id", help="print this node's libp2p peer ID and listen addresses")
+    ident = sub.add_parser(
+        "id", help="print this node's libp2p peer ID, listen addresses and IPNS name"
+    )
     _node_flags(ident)
+    pub = sub.add_parser(
+        "publish", help="make the running node build its repo folders and publish them now"
+    )
+    pub.add_argument("--config", type=Path, help="TOML config file (for listen)")
+    pub.add_argument("--listen", metavar="HOST:PORT", help="the node's address (127.0.0.1:7878)")
     reset = sub.add_parser(
         "reset-db",
         help="drop the held copies of repo dbs (all, or each REPO): the next -Sy fetches anew",
@@ -147,6 +158,42 @@ def cmd_id(config: Config) -> int:
     for addr in addrs:
         print(f"  {addr}")
     print(f"gateway: http://{config.gateway_listen}/ipfs/")
+    key = load_or_create_identity(config.data_dir / "ipfs" / "identity.key")
+    print(f"ipns: /ipns/{ipns_name(name_multihash(key.public_key))}")
+    return 0
+
+
+def _local_url(config: Config, path: str) -> str:
+    """The node's pacman-facing URL as this machine reaches it (a wildcard -> loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+        config.listen_host, config.listen_host
+    )
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{config.listen_port}{path}"
+
+
+def cmd_publish(config: Config) -> int:
+    """Ask the running node (``POST /api/publish``) to publish its folders now."""
+    url = _local_url(config, "/api/publish")
+    request = urllib.request.Request(
+        url, data=b"", method="POST", headers={COMMAND_HEADER: "publish"}
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+    try:
+        with opener.open(request, timeout=120) as response:
+            result = json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode("utf-8", errors="replace").strip()
+        raise PacswarmError(f"the node at {url} refused to publish: {detail or e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise PacswarmError(
+            f"no pacswarm node answers at {url} ({reason}); start it with `pacswarm serve` "
+            "(or `systemctl start pacswarm`), or pass the --listen/--config it runs with"
+        ) from None
+    print(f"published /ipns/{result['name']}")
+    print(f"  root: /ipfs/{result['root']}")
+    print(f"  sequence: {result['sequence']}")
     return 0
 
 
@@ -193,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(config)
         if args.command == "id":
             return cmd_id(config)
+        if args.command == "publish":
+            return cmd_publish(config)
         if args.command == "reset-db":
             return cmd_reset_db(config, args.repos)
         return cmd_verify(config, args.package, args.sig)

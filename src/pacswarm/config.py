@@ -16,6 +16,7 @@ from typing import Any
 from pacswarm.config_tables import (
     TABLE_KEYS,
     AuditConfig,
+    IpnsConfig,
     SeedConfig,
     SwarmConfig,
     apply_tables,
@@ -87,10 +88,12 @@ class Config:
     bootstrap: tuple[str, ...] = DEFAULT_BOOTSTRAP
     #: Find other nodes on the LAN by multicast DNS.
     mdns: bool = True
-    #: The ``[swarm]``, ``[audit]`` and ``[seed]`` tables (:mod:`pacswarm.config_tables`).
+    #: The ``[swarm]``, ``[audit]``, ``[seed]`` and ``[ipns]`` tables
+    #: (:mod:`pacswarm.config_tables`).
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     seed: SeedConfig = field(default_factory=SeedConfig)
+    ipns: IpnsConfig = field(default_factory=IpnsConfig)
 
     @property
     def listen(self) -> str:
@@ -197,7 +200,12 @@ def _apply(config: Config, values: dict[str, Any], source: str) -> Config:
             raise ConfigError(f"{source}: min_speed must be a whole number of bytes per second")
         changes["min_speed"] = values["min_speed"]
     changes.update(_p2p_changes(values, source))
-    current = {"swarm": config.swarm, "audit": config.audit, "seed": config.seed}
+    current = {
+        "swarm": config.swarm,
+        "audit": config.audit,
+        "seed": config.seed,
+        "ipns": config.ipns,
+    }
     changes.update(apply_tables(current, values, source))
     if "log_level" in values:
         level = str(values["log_level"]).lower()

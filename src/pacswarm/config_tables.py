@@ -1,8 +1,9 @@
-"""The swarm's configuration tables: ``[swarm]``, ``[audit]`` and ``[seed]``.
+"""The node's configuration tables: ``[swarm]``, ``[audit]``, ``[seed]`` and ``[ipns]``.
 
 Each table is a frozen dataclass held by :class:`pacswarm.config.Config` (``config.swarm``,
-``config.audit``, ``config.seed``); the TOML keys have the fields' names. Sizes are written
-as people write them (``"20 GiB"``, ``"512 KiB"``, ``"10 MB"`` or a plain byte count).
+``config.audit``, ``config.seed``, ``config.ipns``); the TOML keys have the fields' names.
+Sizes are written as people write them (``"20 GiB"``, ``"512 KiB"``, ``"10 MB"`` or a plain
+byte count), durations too (``"30s"``, ``"5m"``, ``"4h"``, ``"2d"`` or plain seconds).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _UNITS = {
     "tib": 1024**4,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_size(value: object, key: str) -> int:
@@ -49,6 +51,22 @@ def parse_size(value: object, key: str) -> int:
             "or a byte count"
         )
     return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_duration(value: object, key: str) -> float:
+    """``"30s"`` / ``"5m"`` / ``"4h"`` / ``"2d"`` / ``300`` (seconds) -> seconds, > 0."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{key} = {value!r}: a duration must be a positive number")
+        return float(value)
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _DURATION_UNITS or float(match.group(1)) <= 0:
+        raise ConfigError(
+            f'{key} = {value!r}: expected a duration such as "30s", "5m", "4h", "2d" '
+            "or a number of seconds"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[unit]
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,21 @@ class SeedConfig:
     daily_budget: int = 1024**3
 
 
+@dataclass(frozen=True)
+class IpnsConfig:
+    """``[ipns]``: the record that publishes this node's repo folders under its IPNS name."""
+
+    #: Seconds a record stays valid (its Validity): peers drop it after that, so a node
+    #: that is off for longer leaves its name unresolvable until it is back.
+    lifetime: float = 48 * 3600.0
+    #: Seconds resolvers may cache the record before they look for a newer one.
+    ttl: float = 300.0
+    #: Seconds between republications of the current record (must be below ``lifetime``).
+    republish: float = 4 * 3600.0
+    #: False: never publish (the name exists, but nothing is announced under it).
+    publish: bool = True
+
+
 TABLE_KEYS: dict[str, set[str]] = {
     "swarm": {
         "announce",
@@ -119,6 +152,7 @@ TABLE_KEYS: dict[str, set[str]] = {
     },
     "audit": {"per_hour", "max_size"},
     "seed": {"random_packages", "interval", "daily_budget"},
+    "ipns": {"lifetime", "ttl", "republish", "publish"},
 }
 
 
@@ -205,9 +239,31 @@ def _seed(table: dict[str, Any], src: str) -> dict[str, Any]:
     return out
 
 
+def _ipns(table: dict[str, Any], src: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("lifetime", "ttl", "republish"):
+        if key in table:
+            out[key] = parse_duration(table[key], f"{src}.{key}")
+    if "publish" in table:
+        if not isinstance(table["publish"], bool):
+            raise ConfigError(f"{src}.publish must be true or false")
+        out["publish"] = table["publish"]
+    return out
+
+
+def _check_ipns(ipns: IpnsConfig, src: str) -> None:
+    """Cross-key rule: a record must be republished before it expires."""
+    if ipns.republish >= ipns.lifetime:
+        raise ConfigError(
+            f"{src}.republish = {ipns.republish:g} s is not below lifetime = "
+            f"{ipns.lifetime:g} s: the record would expire before it is republished; "
+            'shorten republish (e.g. "4h") or lengthen lifetime (e.g. "48h")'
+        )
+
+
 def apply_tables(current: dict[str, Any], values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Validated replacements for ``Config.swarm/.audit/.seed`` from TOML ``values``."""
-    parsers = {"swarm": _swarm, "audit": _audit, "seed": _seed}
+    """Validated replacements for ``Config.swarm/.audit/.seed/.ipns`` from TOML ``values``."""
+    parsers = {"swarm": _swarm, "audit": _audit, "seed": _seed, "ipns": _ipns}
     changes: dict[str, Any] = {}
     for name, parse in parsers.items():
         if name not in values:
@@ -223,6 +279,8 @@ def apply_tables(current: dict[str, Any], values: dict[str, Any], source: str) -
                 f"known: {known}"
             )
         changes[name] = replace(current[name], **parse(table, f"{source}: {name}"))
+    if "ipns" in changes:
+        _check_ipns(changes["ipns"], f"{source}: ipns")
     return changes
 
 
@@ -230,8 +288,10 @@ __all__ = [
     "ANNOUNCE_ALL",
     "ANNOUNCE_SEEDED",
     "AuditConfig",
+    "IpnsConfig",
     "SeedConfig",
     "SwarmConfig",
     "apply_tables",
+    "parse_duration",
     "parse_size",
 ]

@@ -8,21 +8,26 @@ Each request is routed by what the file is (see :mod:`pacswarm.requestpath`):
   verification passes); a package the db does not list is refused (404), never passed on;
 * package signatures: from the cache, the db's %PGPSIG%, or upstream;
 * anything else: passed through from upstream, never cached.
+
+One control route: ``POST /api/publish`` (``pacswarm publish``), loopback clients only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from pacswarm.dbsync import DbCopy, RepoDbs, canonical_name
-from pacswarm.errors import NoSpaceError, UpstreamError
+from pacswarm.errors import NoSpaceError, PacswarmError, UpstreamError
 from pacswarm.fetch.download import Download, Downloader, DownloadFailed
 from pacswarm.fetch.source import Want
 from pacswarm.httprange import RangeNotSatisfiable, parse_range
@@ -41,6 +46,11 @@ DB_ANSWER_WITHIN = 6.0
 INDEX_RETRY = 60.0
 #: Repos whose db such requests may fetch (real systems have a handful).
 MAX_INDEX_ASKED = 64
+#: ``POST /api/publish`` must carry this header: a web page cannot send it cross-site
+#: without a CORS preflight we never grant, so a browser tab cannot drive the node.
+COMMAND_HEADER = "X-Pacswarm-Command"
+
+PublishNow = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class Proxy:
@@ -51,8 +61,13 @@ class Proxy:
         downloader: Downloader,
         upstream: Upstream,
         verify_window: float,
+        *,
+        publish_now: PublishNow | None = None,
     ) -> None:
         self.store = store
+        #: ``pacswarm publish``: build the folder and publish it now; returns
+        #: ``{"name": ..., "root": ..., "sequence": ...}``. None: the node does not publish.
+        self.publish_now = publish_now
         self.dbs = dbs
         self.downloader = downloader
         self.upstream = upstream
@@ -64,7 +79,26 @@ class Proxy:
         return [
             web.get("/", self.index),
             web.get("/{repo}/{os}/{arch}/{filename}", self.handle),
+            web.post("/api/publish", self.publish),
         ]
+
+    async def publish(self, request: web.Request) -> web.Response:
+        """``pacswarm publish``: from this machine only, with the command header."""
+        try:
+            loopback = ipaddress.ip_address(request.remote or "").is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback or request.headers.get(COMMAND_HEADER) != "publish":
+            raise web.HTTPForbidden(
+                text="publishing is only for `pacswarm publish` on this machine\n"
+            )
+        if self.publish_now is None:
+            raise web.HTTPServiceUnavailable(text="this node publishes no IPNS name\n")
+        try:
+            result = await self.publish_now()
+        except PacswarmError as e:
+            raise web.HTTPConflict(text=f"{e}\n") from None
+        return web.json_response(result)
 
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(

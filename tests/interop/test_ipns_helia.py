@@ -7,14 +7,24 @@ signatures are deterministic, so the two must be byte-identical (for a validity 
 nanoseconds do not end in 0: Helia pads the fraction to nine digits, Go and we trim it; both
 parse either). A record with a trimmed validity is checked too. Skipped when node or the
 ``ipns`` package is missing.
+
+Then Helia's stack resolves our node's name from our node: ``ipns_resolve.mjs`` runs
+js-libp2p with ``@libp2p/kad-dht`` (GET_VALUE under the binary routing key, the ``ipns``
+validator and selector) or ``@libp2p/gossipsub`` (the IPNS-over-PubSub ``/record/`` topic).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +32,20 @@ import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 
-from pacswarm.ipfs.cid import encode_varint
-from pacswarm.ipns.record import build_record, format_validity, name_multihash, routing_key
+from pacswarm.config_tables import IpnsConfig
+from pacswarm.ipfs.cid import CID, encode_varint
+from pacswarm.ipfs.host import P2PHost
+from pacswarm.ipfs.identity import load_or_create_identity
+from pacswarm.ipns.publisher import IpnsPublisher
+from pacswarm.ipns.record import (
+    build_record,
+    format_validity,
+    ipns_name,
+    name_multihash,
+    routing_key,
+)
+from pacswarm.ipns.resolver import IpnsResolver
+from pacswarm.ipns.sequence import SequenceCounter
 from tests.support.helia import HELIA_DIR, node_major_version
 
 SCRIPT = HELIA_DIR / "ipns_check.mjs"
@@ -145,3 +167,136 @@ def test_helia_refuses_an_expired_record_and_another_names(tmp_path: Path, key: 
     other = create_new_key_pair(b"\x08" * 32)
     rc, out = _check(tmp_path, _record(key, time.time_ns()), other)
     assert rc == 1 and out["valid"] is False
+
+
+# --- Helia resolves our name from our node (its DHT client, its pubsub) ---------------------
+
+RESOLVE_SCRIPT = HELIA_DIR / "ipns_resolve.mjs"
+RESOLVE_MODULES = ("libp2p", "@libp2p/kad-dht", "@libp2p/gossipsub", "@libp2p/tcp", "ipns")
+ROOT = CID.of(b"pacswarm folder root for helia")
+ROOT2 = CID.of(b"pacswarm folder root for helia, take two")
+
+
+def _resolve_unavailable() -> str | None:
+    for module in RESOLVE_MODULES:
+        if not (HELIA_DIR / "node_modules" / module / "package.json").is_file():
+            return f"ipns resolve interop: npm {module} missing (npm ci --prefix {HELIA_DIR})"
+    return None
+
+
+needs_resolve = pytest.mark.skipif(
+    _resolve_unavailable() is not None, reason=_resolve_unavailable() or ""
+)
+
+
+@asynccontextmanager
+async def our_node(tmp_path: Path) -> AsyncIterator[tuple[P2PHost, IpnsPublisher]]:
+    """A real P2PHost on 127.0.0.1 with our publisher; always stopped."""
+    host = P2PHost(tmp_path / "identity.key", ["/ip4/127.0.0.1/tcp/0"], bootstrap=(), mdns=False)
+    await host.start()
+    try:
+        key = load_or_create_identity(tmp_path / "identity.key").private_key
+        counter = SequenceCounter(tmp_path / "ipns" / "sequence")
+        yield host, IpnsPublisher(key, counter, IpnsConfig(), host)
+    finally:
+        await host.stop()
+
+
+async def _resolver(mode: str, addr: str, arg: str, *extra: str) -> asyncio.subprocess.Process:
+    """ipns_resolve.mjs MODE ADDR ARG (a routing key in hex, or put's value) 30000 EXTRA..."""
+    node = shutil.which("node")
+    assert node is not None
+    return await asyncio.create_subprocess_exec(
+        node, str(RESOLVE_SCRIPT), mode, addr, arg, "30000", *extra,
+        cwd=HELIA_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+async def _line(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    if not line:
+        assert proc.stderr is not None
+        raise AssertionError(f"ipns_resolve.mjs ended: {(await proc.stderr.read()).decode()}")
+    return dict(json.loads(line))
+
+
+async def _finish(proc: asyncio.subprocess.Process) -> int:
+    try:
+        return await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+@needs_resolve
+def test_helia_resolves_our_name_over_its_dht(tmp_path: Path) -> None:
+    """kad-dht's GET_VALUE under the binary key reaches our handler, and Helia's validator
+    (inside kad-dht, and again in the script) accepts what we serve."""
+
+    async def main() -> tuple[dict[str, Any], int, IpnsPublisher, str]:
+        async with our_node(tmp_path) as (host, publisher):
+            await publisher.publish(ROOT)
+            proc = await _resolver("dht", host.listen_addrs()[0], publisher.routing_key.hex())
+            out = await _line(proc)
+            return out, await _finish(proc), publisher, host.peer_id
+
+    out, code, publisher, peer_id = asyncio.run(main())
+    assert code == 0 and out["ok"] is True, out
+    assert out["value"] == f"/ipfs/{ROOT}" and out["sequence"] == "1"
+    assert out["from"] == peer_id
+    assert out["ttl"] == str(300 * 10**9)
+    assert publisher.current is not None and out["validity"] == publisher.current.validity
+
+
+@needs_resolve
+def test_helia_receives_our_record_over_ipns_pubsub(tmp_path: Path) -> None:
+    async def main() -> tuple[dict[str, Any], int, str]:
+        async with our_node(tmp_path) as (host, publisher):
+            await publisher.publish(ROOT)  # joins our own /record/ topic
+            proc = await _resolver(
+                "pubsub", host.listen_addrs()[0], publisher.routing_key.hex(), "2"
+            )
+            ready = await _line(proc)
+            assert ready.get("ready") is True, ready
+            assert ready["topic"] == publisher.topic
+            deadline = time.monotonic() + 20
+            while ready["peer_id"] not in await host.pubsub.mesh_peers(publisher.topic):
+                assert time.monotonic() < deadline, "Helia never joined our mesh"
+                await asyncio.sleep(0.1)
+            await publisher.publish(ROOT2)
+            out = await _line(proc)
+            return out, await _finish(proc), host.peer_id
+
+    out, code, peer_id = asyncio.run(main())
+    assert code == 0 and out["ok"] is True, out
+    assert out["value"] == f"/ipfs/{ROOT2}" and out["sequence"] == "2"
+    assert out["from"] == peer_id
+
+
+@needs_resolve
+def test_helia_stores_its_own_record_on_our_node_and_we_resolve_it(tmp_path: Path) -> None:
+    """kad-dht's put (FIND_NODE answered by KadDHT through our handler, then PUT_VALUE under
+    Helia's binary key answered by ours): we keep Helia's record and resolve its name."""
+
+    async def main() -> tuple[dict[str, Any], int, bytes | None, Any, str]:
+        async with our_node(tmp_path) as (host, publisher):
+            proc = await _resolver("put", host.listen_addrs()[0], f"/ipfs/{ROOT}")
+            proc_args = await _line(proc)
+            code = await _finish(proc)
+            key = bytes.fromhex(proc_args.get("routing_key_hex", ""))
+            held = host.ipns_records.get(key)
+            resolver = IpnsResolver(publisher, host)
+            name = ipns_name(key[len(b"/ipns/") :])
+            resolved = await resolver.resolve(name)
+            await resolver.stop()
+            return proc_args, code, held.raw if held else None, resolved, host.peer_id
+
+    out, code, held, resolved, peer_id = asyncio.run(main())
+    assert code == 0 and out["ok"] is True, out
+    assert out["stored_at"] == [peer_id]
+    assert held is not None
+    assert resolved is not None and resolved.value == ROOT and resolved.record == held

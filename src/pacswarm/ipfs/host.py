@@ -56,6 +56,7 @@ from pacswarm.ipfs.bitswap_fetch import (
 )
 from pacswarm.ipfs.bridge import TrioBridge
 from pacswarm.ipfs.cid import CID
+from pacswarm.ipfs.dhtvalues import DhtValues, IpnsRecordStore
 from pacswarm.ipfs.hostbuild import (
     build_host,
     close_connections,
@@ -161,6 +162,9 @@ class P2PHost:
         self._addrs: list[str] = []
         self.pubsub = PubsubService(self.bridge)
         self.requests = RequestService(self.bridge)
+        #: /ipns/ records this host's DHT serves (ours and peers'), binary keys.
+        self.ipns_records = IpnsRecordStore()
+        self.dht_values: DhtValues | None = None  # trio thread only
         self._peer_filter = peer_filter
         self._access = access
         # Peer snapshots for the asyncio side, written on the trio thread under _lock.
@@ -214,6 +218,8 @@ class P2PHost:
         guard_streams(host.get_network(), self._count_stream_error)
         self.libp2p_host = host
         self.dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
+        self.dht_values = DhtValues(host, self.dht, self.ipns_records)
+        self.dht_values.install()
         self.bitswap = BitswapEngine(host, self.blocks, self._access)
         pubsub, router = self.pubsub.build(host)
         self.requests.attach(host)
@@ -418,6 +424,20 @@ class P2PHost:
         assert self.dht is not None
         infos = await self.dht.find_providers(str(cid), limit)
         return [Provider(i.peer_id.to_base58(), tuple(str(a) for a in i.addrs)) for i in infos]
+
+    async def put_ipns(self, key: bytes, record: bytes) -> int:
+        """Store an IPNS record under its binary DHT key here and at the closest peers;
+        returns how many peers accepted it (see :mod:`.dhtvalues`)."""
+        return await self.bridge.run(self._values().put, key, record)
+
+    async def get_ipns(self, key: bytes) -> bytes | None:
+        """The best valid IPNS record for a binary DHT key, held here or found on the DHT."""
+        return await self.bridge.run(self._values().get, key)
+
+    def _values(self) -> DhtValues:
+        if self.dht_values is None or self.libp2p_host is None:
+            raise RuntimeError("the DHT is not running: start the P2PHost first")
+        return self.dht_values
 
     async def fetch_file(
         self,
