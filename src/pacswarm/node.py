@@ -113,10 +113,15 @@ class Node:
         )
         admission = Admission(self.store, self.upstream, GpgVerifier(config.gpgdir), self.events)
         self.downloader = Downloader(self.store, plan, admission, config)
-        self.proxy = Proxy(
-            self.store, self.dbs, self.downloader, self.upstream, config.verify_window
-        )
         self.ipns = IpnsService(config, self.store, self.dbs)
+        self.proxy = Proxy(
+            self.store,
+            self.dbs,
+            self.downloader,
+            self.upstream,
+            config.verify_window,
+            publish_now=self.ipns.publish_now,
+        )
         peer_blocks = PeerBlocks(self.swarm.gateway_urls, self.peer_session)
         self.ipfs = IpfsService(
             config,
@@ -136,6 +141,7 @@ class Node:
         self.events.evicted.subscribe(self.ipns.on_evicted)
         self.dbs.on_held.append(self.ipns.on_db_held)
         self.ipfs.before_listen.append(self.swarm.serve)
+        self.ipfs.before_listen.append(self.ipns.attach)
         self.dbs.on_index = self.swarm.on_db_updated
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -217,7 +223,7 @@ class Node:
             await self.swarm.start(self.ipfs.host, self.ipfs.gateway_port)
             self.duties.start()
         if self.ipfs.blocks is not None:
-            await self.ipns.start(self.ipfs.blocks, self.ipfs.host)
+            await self.ipns.start(self.ipfs.blocks)
         cached = [
             RequestPath(p.repo, p.arch, p.filename, FileKind.PACKAGE) for p in self.store.cached()
         ]

@@ -8,9 +8,9 @@ What happens, in order::
                                           IpnsPublisher.publish(root) ◀─────┘
                                           (record kept, DHT + /record/ pubsub)
 
-The gateway answers ``/ipns/<name>/...`` through :attr:`IpnsService.resolver`, which exists
-from construction (the gateway is built before the libp2p host) and forwards to the real
-:class:`IpnsResolver` once :meth:`start` made it.
+The gateway answers ``/ipns/<name>/...`` through :attr:`IpnsService.resolver`, made with the
+service (the gateway is built before the libp2p host) and attached to the host before it
+listens.
 
 Publishes are coalesced: while one is announcing (a DHT put takes seconds), newer roots
 wait, and only the newest of them is published next.
@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipns.folderservice import RepoFolders
-from pacswarm.ipns.names import Resolved
-from pacswarm.ipns.publisher import IpnsPublisher
+from pacswarm.ipns.publisher import IpnsPublisher, IpnsPublishError
 from pacswarm.ipns.resolver import IpnsResolver
 from pacswarm.ipns.sequence import SequenceCounter
 from pacswarm.requestpath import RequestPath
@@ -42,45 +41,40 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class LateResolver:
-    """A :class:`~pacswarm.ipns.names.NameResolver` until the real one exists: None."""
-
-    def __init__(self) -> None:
-        self.target: IpnsResolver | None = None
-
-    async def resolve(self, name: str) -> Resolved | None:
-        return None if self.target is None else await self.target.resolve(name)
-
-
 class IpnsService:
     def __init__(self, config: Config, store: Store, dbs: RepoDbs) -> None:
         self.config = config
         self.store = store
         self.dbs = dbs
-        self.resolver = LateResolver()
+        data = config.data_dir
+        key = load_or_create_identity(data / "ipfs" / "identity.key").private_key
+        (data / "ipns").mkdir(parents=True, exist_ok=True)
+        sequence = SequenceCounter(data / "ipns" / "sequence")
+        self.publisher = IpnsPublisher(key, sequence, config.ipns, None)
+        #: What the gateway resolves ``/ipns/<name>`` with (it exists before the host).
+        self.resolver = IpnsResolver(self.publisher, None)
         self.folders: RepoFolders | None = None
-        self.publisher: IpnsPublisher | None = None
         self._next_root: CID | None = None
         self._publishing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
-    def name(self) -> str | None:
-        return self.publisher.name if self.publisher is not None else None
+    def name(self) -> str:
+        return self.publisher.name
 
-    async def start(self, blocks: PackageBlockstore, host: P2PHost | None) -> None:
-        """Make the folders and the name, and link the held dbs; nothing is built yet.
+    def attach(self, host: P2PHost) -> None:
+        """``IpfsService.before_listen``: our record is served by the host's DHT from its
+        first connection, and names are looked up through it."""
+        self.publisher.attach(host)
+        self.resolver.attach(host)
+
+    async def start(self, blocks: PackageBlockstore) -> None:
+        """Make the folders and link the held dbs; nothing is built yet.
 
         The node then replays its cached packages (``on_imported``) and calls :meth:`go`:
         the first build sees the whole tree, so a restart with nothing changed gives the
         same root as before and publishes no half-built one.
         """
-        data = self.config.data_dir
-        key = load_or_create_identity(data / "ipfs" / "identity.key").private_key
-        (data / "ipns").mkdir(parents=True, exist_ok=True)
-        sequence = SequenceCounter(data / "ipns" / "sequence")
-        self.publisher = IpnsPublisher(key, sequence, self.config.ipns, host)
-        self.resolver.target = IpnsResolver(self.publisher, host)
         self.folders = RepoFolders(blocks)
         self.folders.on_root.append(self._on_root)
         for repo, arch in self.dbs.indexed():
@@ -88,7 +82,7 @@ class IpnsService:
 
     async def go(self) -> None:
         """Start building (debounced) and publishing, with the republish loop."""
-        if self.folders is None or self.publisher is None:
+        if self.folders is None:
             return
         await self.folders.start()
         await self.publisher.start()
@@ -101,10 +95,8 @@ class IpnsService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.folders is not None:
             await self.folders.stop()
-        if self.publisher is not None:
-            await self.publisher.stop()
-        if self.resolver.target is not None:
-            await self.resolver.target.stop()
+        await self.publisher.stop()
+        await self.resolver.stop()
 
     # -- the node's events -----------------------------------------------------------------
 
@@ -148,7 +140,7 @@ class IpnsService:
             self._publishing = asyncio.create_task(self._publish_newest(), name="ipns publish")
 
     async def _publish_newest(self) -> None:
-        while self._next_root is not None and self.publisher is not None:
+        while self._next_root is not None:
             root, self._next_root = self._next_root, None
             try:
                 await self.publisher.publish(root)
@@ -157,11 +149,11 @@ class IpnsService:
 
     async def publish_now(self) -> dict[str, object]:
         """``pacswarm publish``: build the folders now and publish their root."""
-        if self.folders is None or self.publisher is None:
-            raise RuntimeError("the IPNS service has not started yet; retry in a moment")
+        if self.folders is None:
+            raise IpnsPublishError("the node has not started its folders yet; retry in a moment")
         root = await self.folders.flush() or self.folders.root
         if root is None:
-            raise RuntimeError(
+            raise IpnsPublishError(
                 "nothing to publish yet: no repo db is held (run pacman -Sy through this node)"
             )
         await self.publisher.publish(root)
