@@ -12,6 +12,7 @@ import pytest
 from pacswarm.ipfs.blockstore import (
     BlockCorruptError,
     BlockReadError,
+    BlockstoreError,
     MissingBlockError,
     PackageBlockstore,
 )
@@ -277,3 +278,129 @@ def test_reads_from_four_threads(env: Env) -> None:
         t.join()
     assert errors == []
     assert results == [data] * 20
+
+
+# -- blocks with no cache file behind them (put_blocks, add_copy: issue 8's folders) --------
+
+FOLDER = "@folder/1"
+
+
+def small_folder(names: dict[str, bytes]) -> tuple[CID, list[tuple[CID, bytes]]]:
+    """A basic UnixFS directory of one-chunk files: its root and all its blocks."""
+    from pacswarm.ipfs.unixfsdir import Entry, build_directory
+
+    files = {name: (CID.of(data), data) for name, data in names.items()}
+    built = build_directory({n: Entry(c, len(d)) for n, (c, d) in files.items()})
+    return built.root, [(b.cid, b.data) for b in built.blocks] + list(files.values())
+
+
+def test_put_blocks_serves_raw_and_dag_pb_blocks_and_survives_reopen(
+    env: Env, tmp_path: Path
+) -> None:
+    root, blocks = small_folder({"core.db": b"db bytes", "a.sig": b"signature"})
+    env.store.put_blocks(FOLDER, root, 123, blocks)
+    assert env.store.root_of(FOLDER) == root
+    assert env.store.keys() == [FOLDER]
+    for cid, data in blocks:
+        assert env.store.get(cid) == data
+        assert env.store.has(cid)
+        assert env.store.block_size(cid) == len(data)
+    assert set(env.store.dag_blocks(root)) == set(blocks)
+    env.store.close()
+    again = PackageBlockstore(tmp_path / "blocks.sqlite", env.locate)
+    try:
+        assert set(again.dag_blocks(root)) == set(blocks)
+    finally:
+        again.close()
+
+
+def test_put_blocks_refuses_a_block_that_does_not_match_its_cid(env: Env) -> None:
+    root, blocks = small_folder({"x": b"first"})
+    env.store.put_blocks(FOLDER, root, 1, blocks)
+    root2, blocks2 = small_folder({"x": b"second"})
+    forged = [(cid, data + b"!") if cid.codec == RAW else (cid, data) for cid, data in blocks2]
+    with pytest.raises(BlockstoreError, match="does not match its CID"):
+        env.store.put_blocks(FOLDER, root2, 1, forged)
+    assert env.store.root_of(FOLDER) == root  # the old version is intact
+    assert set(env.store.dag_blocks(root)) == set(blocks)
+    assert not env.store.has(root2)
+    with pytest.raises(BlockstoreError, match="neither raw nor dag-pb"):
+        env.store.put_blocks(FOLDER, root, 1, [(CID(1, 0x71, CID.of(b"x").digest), b"x")])
+
+
+def test_put_blocks_refcounts_shared_blocks_and_replaces_a_key(env: Env) -> None:
+    shared = b"the same .sig in both"
+    root1, blocks1 = small_folder({"a": shared, "b": b"only in one"})
+    root2, blocks2 = small_folder({"a": shared, "c": b"only in two"})
+    env.store.put_blocks("@folder/1", root1, 1, blocks1)
+    env.store.put_blocks("@folder/2", root2, 1, blocks2)
+    env.store.remove_package("@folder/1")
+    assert env.store.get(CID.of(shared)) == shared
+    assert not env.store.has(root1)
+    assert not env.store.has(CID.of(b"only in one"))
+    assert set(env.store.dag_blocks(root2)) == set(blocks2)
+    # Replacing a key: what only the old version had goes; what both have stays.
+    root3, blocks3 = small_folder({"a": shared, "d": b"new"})
+    env.store.put_blocks("@folder/2", root3, 1, blocks3)
+    assert env.store.root_of("@folder/2") == root3
+    assert not env.store.has(root2)
+    assert not env.store.has(CID.of(b"only in two"))
+    assert env.store.get(CID.of(shared)) == shared
+    env.store.remove_package("@folder/2")
+    assert not env.store.has(CID.of(shared))
+    assert env.store.keys() == []
+
+
+def test_put_blocks_shares_a_block_with_a_package_without_harming_it(env: Env) -> None:
+    data = payload(2 * CHUNK_SIZE)
+    root = env.put(KEY_A, data)
+    inner = import_bytes(data).inner[0]
+    env.store.put_blocks("@copy/x", inner.cid, len(data), [(inner.cid, inner.block)])
+    env.store.remove_package("@copy/x")
+    assert b"".join(b for c, b in env.store.dag_blocks(root) if c.codec == RAW) == data
+
+
+def test_add_copy_is_kubos_import_with_every_block_kept(env: Env) -> None:
+    data = payload(3 * CHUNK_SIZE + 99, seed=5)
+    key = "@db/core/x86_64/core.db"
+    root = env.store.add_copy(key, data)
+    assert root == import_bytes(data).root
+    assert env.store.root_of(key) == root
+    blocks = list(env.store.dag_blocks(root))
+    assert b"".join(b for c, b in blocks if c.codec == RAW) == data
+    assert len(blocks) == 1 + 4
+    small = env.store.add_copy("@sig/core/x86_64/a.pkg.tar.zst.sig", b"sig")
+    assert small == CID.of(b"sig") and env.store.get(small) == b"sig"
+    env.store.remove_package(key)
+    assert not env.store.has(root)
+    assert env.corrupted == []
+
+
+def rot_blob(db: Path, cid: CID) -> None:
+    """Flip a byte of a stored blob behind the blockstore's back (bit rot)."""
+    import sqlite3
+
+    norm = CID(1, cid.codec, cid.digest).to_bytes()
+    with sqlite3.connect(db) as sql:
+        (block,) = sql.execute("SELECT block FROM inner_blocks WHERE cid=?", (norm,)).fetchone()
+        sql.execute(
+            "UPDATE inner_blocks SET block=? WHERE cid=?", (bytes([block[0] ^ 1]) + block[1:], norm)
+        )
+
+
+def test_a_rotten_copy_blob_reads_as_missing_and_never_reaches_on_corrupt(
+    env: Env, tmp_path: Path
+) -> None:
+    """on_corrupt drops cache files by key: a copy's key must never be handed to it."""
+    root, blocks = small_folder({"a.sig": b"signature bytes"})
+    env.store.put_blocks(FOLDER, root, 1, blocks)
+    rot_blob(tmp_path / "blocks.sqlite", CID.of(b"signature bytes"))
+    rot_blob(tmp_path / "blocks.sqlite", root)
+    assert env.store.get(CID.of(b"signature bytes")) is None
+    assert env.store.get(root) is None
+    assert env.corrupted == []
+    assert not env.store.has(root)
+    with pytest.raises(MissingBlockError):
+        list(env.store.dag_blocks(root))
+    env.store.put_blocks(FOLDER, root, 1, blocks)  # storing it again repairs it
+    assert set(env.store.dag_blocks(root)) == set(blocks)

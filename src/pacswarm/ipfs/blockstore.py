@@ -13,6 +13,12 @@ that does not match its name, and we stop advertising what we no longer have.
 The files are found through ``locate(key)`` at read time rather than by a stored path, so the
 cache may move its files without telling the blockstore.
 
+Other DAGs (a repo folder's directories, a ``.sig``, a repo db) have no cache file behind them:
+:meth:`PackageBlockstore.put_blocks` keeps their blocks, raw ones included, as blobs referenced
+by a key of their own. Those keys start with ``@`` (``@folder/3``, ``@sig/core/x86_64/a.sig``),
+a character no repo name has, so they never reach ``on_corrupt``, whose callers map a key back
+to a cache file: a corrupt blob of such a key is only logged and dropped (it reads as missing).
+
 Thread safety: one SQLite connection shared under a lock (the asyncio side and the trio libp2p
 thread both read). Queries are tiny; file reads and hashing run outside the lock.
 """
@@ -23,12 +29,12 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from pacswarm.ipfs.cid import CID, DAG_PB, RAW
 from pacswarm.ipfs.dagpb import decode_node
-from pacswarm.ipfs.unixfs import import_stream
+from pacswarm.ipfs.unixfs import import_bytes, import_stream
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +93,15 @@ class MissingBlockError(BlockstoreError, LookupError):
     def __init__(self, cid: CID) -> None:
         super().__init__(f"block {cid} is not in the blockstore")
         self.cid = cid
+
+
+#: First character of keys that name no cache file (folders, copies of signatures and dbs).
+COPY_PREFIX = "@"
+
+
+def is_copy_key(key: str) -> bool:
+    """True for a key whose blocks are all blobs (put_blocks), not ranges of a cache file."""
+    return key.startswith(COPY_PREFIX)
 
 
 def _norm(cid: CID) -> bytes:
@@ -153,26 +168,75 @@ class PackageBlockstore:
         return result.root
 
     def remove_package(self, key: str) -> None:
-        """Forget a package's blocks; blocks another package also references survive."""
+        """Forget a key's blocks; blocks another key also references survive."""
         with self._lock:
             self._sql.execute("BEGIN IMMEDIATE")
             try:
-                refs = [
-                    r[0]
-                    for r in self._sql.execute("SELECT cid FROM inner_refs WHERE key=?", (key,))
-                ]
-                self._sql.execute("DELETE FROM inner_refs WHERE key=?", (key,))
-                self._sql.executemany(
-                    "DELETE FROM inner_blocks WHERE cid=? AND NOT EXISTS "
-                    "(SELECT 1 FROM inner_refs r WHERE r.cid = inner_blocks.cid)",
-                    [(c,) for c in refs],
-                )
-                self._sql.execute("DELETE FROM leaves WHERE key=?", (key,))
+                self._drop_refs(key)
                 self._sql.execute("DELETE FROM packages WHERE key=?", (key,))
                 self._sql.execute("COMMIT")
             except BaseException:
                 self._sql.execute("ROLLBACK")
                 raise
+
+    def _drop_refs(self, key: str, keep: frozenset[bytes] = frozenset()) -> None:
+        """Inside a transaction: drop ``key``'s leaves and blob refs, then the blobs no key
+        references any more. ``keep``: blobs the key is about to reference again."""
+        refs = [r[0] for r in self._sql.execute("SELECT cid FROM inner_refs WHERE key=?", (key,))]
+        self._sql.execute("DELETE FROM inner_refs WHERE key=?", (key,))
+        self._sql.executemany(
+            "DELETE FROM inner_blocks WHERE cid=? AND NOT EXISTS "
+            "(SELECT 1 FROM inner_refs r WHERE r.cid = inner_blocks.cid)",
+            [(c,) for c in refs if c not in keep],
+        )
+        self._sql.execute("DELETE FROM leaves WHERE key=?", (key,))
+
+    def put_blocks(
+        self, key: str, root: CID, size: int, blocks: Iterable[tuple[CID, bytes]]
+    ) -> None:
+        """Store whole blocks (raw or dag-pb) as blobs under ``key``, which then names ``root``.
+
+        For DAGs with no cache file behind them (a folder's directories, a copied ``.sig``).
+        Every block is checked against its CID first: one mismatch and nothing is written.
+        Replacing a key drops its old references in the same transaction, so a reader sees
+        the old DAG or the new one, never a mix. Blocks are shared and refcounted by key.
+        """
+        rows: dict[bytes, bytes] = {}
+        for cid, data in blocks:
+            if cid.codec not in (RAW, DAG_PB):
+                raise BlockstoreError(f"{key}: block {cid} is neither raw nor dag-pb")
+            if not cid.verify(data):
+                raise BlockstoreError(f"{key}: block {cid} does not match its CID; nothing stored")
+            rows[_norm(cid)] = bytes(data)
+        with self._lock:
+            self._sql.execute("BEGIN IMMEDIATE")
+            try:
+                self._drop_refs(key, keep=frozenset(rows))
+                # REPLACE, not IGNORE: the bytes are verified, and it repairs a rotten blob.
+                self._sql.executemany(
+                    "INSERT OR REPLACE INTO inner_blocks VALUES (?, ?)", rows.items()
+                )
+                self._sql.executemany(
+                    "INSERT OR IGNORE INTO inner_refs VALUES (?, ?)", [(c, key) for c in rows]
+                )
+                self._sql.execute(
+                    "INSERT OR REPLACE INTO packages VALUES (?, ?, ?)", (key, root.to_bytes(), size)
+                )
+                self._sql.execute("COMMIT")
+            except BaseException:
+                self._sql.execute("ROLLBACK")
+                raise
+
+    def add_copy(self, key: str, data: bytes) -> CID:
+        """Import ``data`` as kubo would (``ipfs add --cid-version=1``) and keep a copy of all
+        its blocks under ``key``: for the small files we keep no cache file of (a ``.sig``,
+        a repo db of tens of MB). Returns the file's root CID."""
+        result = import_bytes(data)
+        view = memoryview(data)
+        blocks = [(lf.cid, view[lf.offset : lf.offset + lf.length]) for lf in result.leaves]
+        blocks.extend((n.cid, n.block) for n in result.inner)
+        self.put_blocks(key, result.root, result.size, blocks)
+        return result.root
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -190,14 +254,16 @@ class PackageBlockstore:
 
     def block_size(self, cid: CID) -> int | None:
         """Size of a block from the index alone (no read, no check): for HEAD answers."""
-        if cid.codec == DAG_PB:
-            query = "SELECT length(block) FROM inner_blocks WHERE cid=?"
-        elif cid.codec == RAW:
-            query = "SELECT length FROM leaves WHERE cid=? LIMIT 1"
-        else:
+        if cid.codec not in (DAG_PB, RAW):
             return None
         with self._lock:
-            row = self._sql.execute(query, (_norm(cid),)).fetchone()
+            row = self._sql.execute(
+                "SELECT length(block) FROM inner_blocks WHERE cid=?", (_norm(cid),)
+            ).fetchone()
+            if row is None and cid.codec == RAW:
+                row = self._sql.execute(
+                    "SELECT length FROM leaves WHERE cid=? LIMIT 1", (_norm(cid),)
+                ).fetchone()
         return None if row is None else int(row[0])
 
     def get(self, cid: CID) -> bytes | None:
@@ -209,10 +275,12 @@ class PackageBlockstore:
         if cid.codec == DAG_PB:
             return self._get_inner(cid)
         if cid.codec == RAW:
-            return self._get_leaf(cid)
+            block = self._get_inner(cid)  # a copied file's leaf (put_blocks)
+            return block if block is not None else self._get_leaf(cid)
         return None
 
     def _get_inner(self, cid: CID) -> bytes | None:
+        """A blob (inner node of a package, or any block put_blocks stored), verified."""
         with self._lock:
             row = self._sql.execute(
                 "SELECT block FROM inner_blocks WHERE cid=?", (_norm(cid),)
@@ -232,9 +300,21 @@ class PackageBlockstore:
         block = bytes(row[0])
         if cid.verify(block):
             return block
-        for key in keys:
+        packages = [k for k in keys if not is_copy_key(k)]
+        self._drop_corrupt_blob(cid, [k for k in keys if is_copy_key(k)])
+        for key in packages:
             self._corrupt(key)
-        raise BlockCorruptError(cid, keys[0] if keys else "?")
+        if packages:
+            raise BlockCorruptError(cid, packages[0])
+        return None
+
+    def _drop_corrupt_blob(self, cid: CID, keys: list[str]) -> None:
+        """A rotten blob of copies (no cache file to drop): log it and forget the bytes, so it
+        reads as missing until a new put_blocks of the key stores it again."""
+        if keys:
+            log.error("blockstore: block %s of %s failed verification; dropped", cid, keys)
+        with self._lock:
+            self._sql.execute("DELETE FROM inner_blocks WHERE cid=?", (_norm(cid),))
 
     def _get_leaf(self, cid: CID) -> bytes | None:
         """Read the leaf from the first package file that still exists."""
