@@ -292,3 +292,31 @@ def _iter(
             lo = max(start - pos, 0)
             yield from _iter(get, link.cid, lo, min(stop - pos, size), size, depth + 1)
         pos += size
+
+
+def dag_walk(get: Getter, root: CID, scope: str = "all") -> Iterator[tuple[CID, bytes]]:
+    """The blocks under ``root`` in DFS pre-order (a trustless CAR's ``order=dfs``).
+
+    ``scope`` (the spec's ``dag-scope``): ``block`` is the root alone; ``entity`` is a file's
+    whole DAG, or a directory's own blocks (its node, or its HAMT shards) without its
+    entries; ``all`` is everything reachable. A block linked twice is yielded twice.
+    """
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        block = fetch_block(get, cid)
+        yield cid, block
+        if scope == "block" or cid.codec != DAG_PB:
+            continue
+        try:
+            node = decode_node(block)
+        except CIDError as e:
+            raise BadNode(f"block {cid} is not dag-pb: {e}") from None
+        links = node.links
+        if scope == "entity":
+            kind = unixfs_type(node.data)[0]
+            if kind == DIRECTORY:
+                links = ()
+            elif kind == HAMT_SHARD:
+                links = tuple(ln for ln in links if len(ln.name) == 2)
+        stack.extend(reversed([ln.cid for ln in links]))
