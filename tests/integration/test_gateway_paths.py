@@ -422,6 +422,10 @@ def test_ipns_paths_and_records(folder: Folder, test_repo: TestRepo) -> None:
             assert (r.status, r.headers["Location"]) == (301, f"/ipns/{name}/core/")
         async with s.get(f"{url}/ipns/{name}/core/os/{ARCH}/") as r:
             assert pkg in await r.text()
+        async with s.get(f"{url}/ipns/{name}/core/?format=car&dag-scope=block") as r:
+            # named by the root the record points at: a new record, a new ETag
+            assert r.headers["ETag"] == f'"/ipfs/{folder.root}/core.car.v1.dfs.dups-n.block"'
+            assert r.headers["Cache-Control"] == "public, max-age=300"
         for ask in ({"params": {"format": "ipns-record"}}, {"headers": {"Accept": IPNS}}):
             async with s.get(f"{url}/ipns/{name}", **ask) as r:  # type: ignore[arg-type]
                 assert r.status == 200

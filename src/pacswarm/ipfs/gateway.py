@@ -263,8 +263,10 @@ def _path_headers(headers: dict[str, str], target: Target, wanted: Wanted, cids:
     headers["X-Ipfs-Roots"] = ",".join(map(str, cids))
     headers["Cache-Control"] = target.cache
     if wanted.fmt == "car":
-        # The CAR holds the path's blocks too: it is named by the root and the path.
-        headers["ETag"] = headers["ETag"].replace(str(cids[-1]), target.display, 1)
+        # The CAR holds the path's blocks too: it is named by the root CID and the path (for
+        # /ipns/ too: a new record means new bytes, so the ETag must change with the root).
+        by_cid = "/".join((f"/ipfs/{target.root}", *target.segments))
+        headers["ETag"] = headers["ETag"].replace(str(cids[-1]), by_cid, 1)
     if "Content-Location" in headers:
         headers["Content-Location"] = headers["Content-Location"].replace(
             f"/ipfs/{cids[-1]}", quote(target.display), 1
