@@ -21,6 +21,7 @@ from pacswarm.ipfs.unixfsread import (
     NotADirectory,
     NotAFile,
     PathNotFound,
+    dag_walk,
     file_size,
     is_directory,
     iter_file,
@@ -230,3 +231,21 @@ def test_a_lying_file_dag_is_an_error_not_wrong_bytes() -> None:
     with pytest.raises(BadNode, match="holds 50 bytes where 100 were declared"):
         read(store, root)
     assert read(store, root, 0, 100) == leaf_a  # the honest part is still readable
+
+
+def test_dag_walk_scopes() -> None:
+    store = Store()
+    root, entries = folder(store, FILES, extra=4000)
+    get = store.get_block
+    pkg = entries["bash-5.2-1-x86_64.pkg.tar.zst"].cid
+    whole = [c for c, _ in dag_walk(get, pkg)]
+    assert whole[0] == pkg and len(whole) == 1 + 4  # the file node and its four leaves
+    assert [c for c, _ in dag_walk(get, pkg, "entity")] == whole
+    assert [c for c, _ in dag_walk(get, pkg, "block")] == [pkg]
+    core = resolve_path(get, root, ["core", "os", "x86_64"])
+    assert [c for c, _ in dag_walk(get, core, "entity")] == [core]  # a basic dir is one node
+    extra = resolve_path(get, root, ["extra", "os", "x86_64"])
+    shards = [c for c, _ in dag_walk(get, extra, "entity")]
+    assert shards[0] == extra and all(c.codec == DAG_PB for c in shards) and len(shards) > 256
+    everything = {c for c, _ in dag_walk(get, root)}
+    assert everything == set(store)  # "all" reaches every block of the folder

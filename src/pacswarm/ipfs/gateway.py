@@ -204,19 +204,25 @@ async def _ipns(request: web.Request, lease: Lease | None) -> web.StreamResponse
     if want_record:
         if segments:
             raise web.HTTPBadRequest(text="an IPNS record has no path: ask /ipns/<name>\n")
-        return web.Response(
-            body=resolved.record,
-            headers={
-                "Content-Type": IPNS_RECORD_TYPE,
-                "Cache-Control": cache,
-                "Content-Disposition": f'attachment; filename="{name}.ipns-record"',
-                "X-Content-Type-Options": "nosniff",
-                "Vary": "Accept",
-            },
-        )
+        return _record(name, resolved.record, cache)
     display = "/".join((f"/ipns/{name}", *segments))
     target = Target(resolved.value, segments, slash, display, cache)
     return await _serve(request, lease, target, wanted)
+
+
+def _record(name: str, record: bytes, cache: str) -> web.Response:
+    """The signed record as the spec's ``application/vnd.ipfs.ipns-record`` (clients verify
+    it themselves: it is served as it came, never re-signed)."""
+    return web.Response(
+        body=record,
+        headers={
+            "Content-Type": IPNS_RECORD_TYPE,
+            "Cache-Control": cache,
+            "Content-Disposition": f'attachment; filename="{name}.ipns-record"',
+            "X-Content-Type-Options": "nosniff",
+            "Vary": "Accept",
+        },
+    )
 
 
 async def _serve(
