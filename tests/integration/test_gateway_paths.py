@@ -588,3 +588,40 @@ def test_a_busy_client_gets_429_on_paths(folder: Folder, test_repo: TestRepo) ->
             await asyncio.sleep(0.05)
 
     run(gateway_app(folder.blocks, access), scenario)
+
+
+def test_a_package_gone_bad_mid_download_cuts_the_transfer(
+    test_repo: TestRepo, tmp_path: Path
+) -> None:
+    """The cache file rots after the folder was built: the first MiB goes out, then the
+    connection drops. pacman sees a failed download (and tries its next server), never a
+    complete-looking wrong file; the blockstore reports the package to its owner."""
+    pkg = test_repo.packages["largepkg"]
+    key = f"{pkg.repo}/{ARCH}/{pkg.filename}"
+    (tmp_path / key).parent.mkdir(parents=True)
+    (tmp_path / key).write_bytes(pkg.path.read_bytes())
+    corrupt: list[str] = []
+    blocks = PackageBlockstore(tmp_path / "b.sqlite", lambda k: tmp_path / k, corrupt.append)
+    cid = blocks.add_package(key, tmp_path / key)
+    arch = build_directory({pkg.filename: Entry(cid, cumulative_size(blocks, cid))})
+    blocks.put_blocks("@folder/1", arch.root, arch.size, ((b.cid, b.data) for b in arch.blocks))
+    with open(tmp_path / key, "r+b") as f:  # bit rot past the first MiB
+        f.seek(5 * 1024 * 1024)
+        f.write(b"\0" * 16)
+
+    async def scenario(url: str, s: aiohttp.ClientSession) -> None:
+        async with s.get(f"{url}/ipfs/{arch.root}/{pkg.filename}") as r:
+            assert r.status == 200
+            assert r.headers["Content-Length"] == str(pkg.size)
+            got = b""
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async for chunk in r.content.iter_any():
+                    got += chunk
+        assert len(got) < pkg.size
+        assert got == pkg.path.read_bytes()[: len(got)]  # what came is right, just short
+
+    try:
+        run(gateway_app(blocks), scenario)
+    finally:
+        blocks.close()
+    assert corrupt == [key]
