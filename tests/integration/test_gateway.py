@@ -256,9 +256,11 @@ def test_errors(node: Node) -> None:
             ("/ipfs/bnotacid?format=raw", {}, 400),
             ("/ipfs/Qm123?format=raw", {}, 400),
             (f"/ipfs/{root}x?format=raw", {}, 400),
-            (f"/ipfs/{root}", {}, 400),  # no format: strict trustless mode
-            (f"/ipfs/{root}", {"Accept": "*/*"}, 400),
-            (f"/ipfs/{root}", {"Accept": "text/html"}, 406),
+            # no verifiable format asked: the file itself (issue 8; see test_gateway_paths.py)
+            (f"/ipfs/{root}", {}, 200),
+            (f"/ipfs/{root}", {"Accept": "*/*"}, 200),
+            (f"/ipfs/{root}", {"Accept": "text/html"}, 200),
+            (f"/ipfs/{root}", {"Accept": "application/vnd.ipld.dag-json"}, 406),
             (f"/ipfs/{root}?format=dag-json", {}, 406),
             (f"/ipfs/{root}?format=tar", {}, 406),
             (f"/ipfs/{root}", {"Accept": "application/vnd.ipld.car; version=2"}, 406),

@@ -1,4 +1,4 @@
-"""The peer-facing IPFS Trustless Gateway: ``GET``/``HEAD /ipfs/{cid}``, raw blocks and CARs.
+"""The IPFS gateway: ``/ipfs/{cid}[/{path}]`` and ``/ipns/{name}[/{path}]``.
 
 Why a trustless gateway and not Bitswap for bulk transfer between pacswarm peers: a CAR stream
 cut from cached files costs far less CPU per byte than Noise + Yamux in Python, and every
@@ -6,18 +6,22 @@ block is still checked against its CID by the receiver (see ``gatewayclient``).
 
 What is answered (Trustless Gateway spec, ipfs/specs ``http-gateways/trustless-gateway.md``):
 
-- ``?format=raw`` / ``Accept: application/vnd.ipld.raw``: the one block;
-- ``?format=car`` / ``Accept: application/vnd.ipld.car``: a CARv1 of the whole DAG in DFS
-  order, streamed from the blockstore (a 1 GB package is never in memory). ``dups=n`` unless
-  the client asks for ``dups=y`` (the spec's default when unspecified and we can choose);
+- ``?format=raw`` / ``Accept: application/vnd.ipld.raw``: the one block at the end of the path;
+- ``?format=car`` / ``Accept: application/vnd.ipld.car``: a CARv1, the path's blocks (its
+  directories and HAMT shards, so the client can verify the path) then the terminal DAG in
+  DFS order (``dag-scope`` all, entity or block), streamed (a 1 GB package is never in
+  memory). ``dups=n`` unless the client asks for ``dups=y``;
+- no format asked (pacman, curl, a browser): the deserialized content (``gatewaypaths``): a
+  file with Range/HEAD/ETag, a directory as a listing (issue 8: a node's repo folder is a
+  pacman mirror and browsable);
+- ``/ipns/{name}?format=ipns-record``: the name's signed record, from ``resolver``;
 - the probe CID ``bafkqaaa`` (identity, empty) in both formats.
 
-Status codes: 400 for a malformed CID or a request naming no format (the spec's answer for a
-strict, trustless-only gateway: we never deserialize), 406 for formats or CAR variants we do
-not produce, 404 for content we do not hold (we are non-recursive: we never fetch for others)
-and for paths under a CID (our DAGs are files: nothing to traverse). Once a CAR stream has
-started, a missing or corrupt block cuts the connection: the client then sees a broken
-transfer, never a short but well-formed CAR.
+Status codes: 400 for a malformed CID or IPNS name, 406 for formats or CAR variants we do not
+produce, 404 for a path or content we do not hold (we are non-recursive: we never fetch for
+others; only this machine's own clients may make us fetch, through ``fetch``), 504 when an
+IPNS lookup timed out. Once a body has started, a missing or corrupt block cuts the
+connection: the client sees a broken transfer, never a short but well-formed answer.
 
 Who is answered (:mod:`pacswarm.swarm.access`, when an :class:`Access` is given): a client
 that is neither this machine nor a swarm peer gets 403 before anything else is looked at (a
@@ -30,22 +34,41 @@ that many bytes per second, shared across its requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from aiohttp import web
 
 from pacswarm.ipfs.blockstore import BlockstoreError, PackageBlockstore
 from pacswarm.ipfs.car import encode_header, frame_head
 from pacswarm.ipfs.cid import CID, CIDError, encode_varint
+from pacswarm.ipfs.gatewaypaths import (
+    Fetch,
+    Target,
+    block_getter,
+    cut,
+    not_modified,
+    pace,
+    read_error,
+    serve_deserialized,
+    split_path,
+)
+from pacswarm.ipfs.unixfsread import Getter, UnixFSReadError, dag_walk, fetch_block, walk_path
+from pacswarm.ipns.names import NameResolver
+from pacswarm.ipns.record import IpnsRecordError, parse_ipns_name
 from pacswarm.swarm.access import Access, Lease
 
 log = logging.getLogger(__name__)
 
 RAW_TYPE = "application/vnd.ipld.raw"
 CAR_TYPE = "application/vnd.ipld.car"
+IPNS_RECORD_TYPE = "application/vnd.ipfs.ipns-record"
+#: Accept types of verifiable responses: asked alone and not served, they are a 406.
+_VERIFIABLE = ("application/vnd.ipld.", "application/vnd.ipfs.")
 IMMUTABLE = "public, max-age=29030400, immutable"
 PROBE_CID = "bafkqaaa"
 _PROBE_CID_BYTES = b"\x01\x55\x00\x00"  # CIDv1, raw, identity multihash of nothing
@@ -54,10 +77,10 @@ _BATCH_BYTES = 1024 * 1024
 _CAR_PARAMS = ("version", "order", "dups")
 _BLOCKS: web.AppKey[PackageBlockstore] = web.AppKey("blocks", PackageBlockstore)
 _ACCESS: web.AppKey[Access | None] = web.AppKey("access")
+_RESOLVER: web.AppKey[NameResolver | None] = web.AppKey("resolver")
+_FETCH: web.AppKey[Fetch | None] = web.AppKey("fetch")
 #: Seconds a client over its concurrency limit is told to wait (a small file takes ~that).
 RETRY_AFTER = 1
-#: Longest single sleep while pacing (see ``_pace``).
-_PACE_STEP = 0.25
 REFUSED = (
     "403: this pacswarm node serves its gateway only to this machine and to peers of its "
     "swarm, and {ip} is neither.\n"
@@ -82,23 +105,40 @@ class NotAcceptable(Exception):
     """The request names a format or CAR variant this gateway does not produce."""
 
 
-def gateway_app(blocks: PackageBlockstore, access: Access | None = None) -> web.Application:
-    """An application serving only ``GET``/``HEAD /ipfs/{cid}`` from ``blocks``.
+def gateway_app(
+    blocks: PackageBlockstore,
+    access: Access | None = None,
+    *,
+    resolver: NameResolver | None = None,
+    fetch: Fetch | None = None,
+) -> web.Application:
+    """``GET``/``HEAD`` of ``/ipfs/{cid}[/{path}]`` and ``/ipns/{name}[/{path}]``.
 
     ``access``: who may fetch and how much (None: anyone, unlimited, as before swarms).
+    ``resolver``: how ``/ipns/`` names become CIDs (None: no ``/ipns/`` answers).
+    ``fetch``: a network fetcher of blocks we lack, used for this machine's clients only.
     """
     app = web.Application()
     app[_BLOCKS] = blocks
     app[_ACCESS] = access
-    app.router.add_get("/ipfs/{cid}", _admit)  # also answers HEAD
+    app[_RESOLVER] = resolver
+    app[_FETCH] = fetch
+    ipfs, ipns = functools.partial(_admit, _ipfs), functools.partial(_admit, _ipns)
+    for route in ("/ipfs/{cid}", "/ipfs/{cid}/{path:.*}"):
+        app.router.add_get(route, ipfs)  # also answers HEAD
+    for route in ("/ipns/{name}", "/ipns/{name}/{path:.*}"):
+        app.router.add_get(route, ipns)
     return app
 
 
-async def _admit(request: web.Request) -> web.StreamResponse:
+Handler = Callable[[web.Request, "Lease | None"], Awaitable[web.StreamResponse]]
+
+
+async def _admit(handler: Handler, request: web.Request) -> web.StreamResponse:
     """Refused (403) and busy (429) clients first; then the request, holding a slot."""
     access = request.app[_ACCESS]
     if access is None:
-        return await _handle(request, None)
+        return await handler(request, None)
     ip = request.remote or ""
     if not access.may_fetch_http(ip):
         raise web.HTTPForbidden(text=REFUSED.format(ip=ip or "this client"))
@@ -110,64 +150,138 @@ async def _admit(request: web.Request) -> web.StreamResponse:
             f"here ([swarm] peer_concurrency); retry after {RETRY_AFTER} s\n",
         )
     with lease:
-        return await _handle(request, lease)
+        return await handler(request, lease)
 
 
-async def _pace(request: web.Request, lease: Lease | None, nbytes: int) -> bool:
-    """Sleep as long as the client's rate asks before sending ``nbytes`` (no-op unlimited).
-
-    In short steps: a client that hangs up mid-wait frees its slot within ``_PACE_STEP``
-    rather than after the whole wait (seconds, at a low ``peer_rate``). False: it hung up.
-    """
-    if lease is None:
-        return True
-    wait = lease.pace(nbytes)
-    while wait > 0:
-        step = min(wait, _PACE_STEP)
-        await asyncio.sleep(step)
-        wait -= step
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return False
-    return True
-
-
-async def _handle(request: web.Request, lease: Lease | None) -> web.StreamResponse:
-    """Format first (400/406 cost nothing), then the CID (400), then the store (404).
-
-    Only the index is consulted before answering: HEAD and 404s never read a package file.
-    """
-    text = request.match_info["cid"]
+def _wanted(request: web.Request) -> Wanted | None:
+    """The negotiated format (406/400 raised here, before any lookup); None: deserialize."""
     try:
         wanted = negotiate(request.query, request.headers.get("Accept"))
     except NotAcceptable as e:
         raise web.HTTPNotAcceptable(text=f"{e}\n") from None
-    if wanted is None:
-        raise web.HTTPBadRequest(
-            text="trustless gateway: ask for ?format=raw or ?format=car "
-            f"(Accept: {RAW_TYPE} or {CAR_TYPE})\n"
-        )
-    wanted = _with_scope(wanted, request.query)
-    if text == PROBE_CID:
-        return _probe(wanted)
+    return None if wanted is None else _with_scope(wanted, request.query)
+
+
+async def _ipfs(request: web.Request, lease: Lease | None) -> web.StreamResponse:
+    """Format first (400/406 cost nothing), then the CID (400), then the store (404)."""
+    text = request.match_info["cid"]
+    wanted = _wanted(request)
+    segments, slash = split_path(request.rel_url.raw_path)
+    if text == PROBE_CID and not segments:
+        return _probe(wanted or Wanted("raw"))
     try:
         cid = CID.parse(text)
     except CIDError as e:
         raise web.HTTPBadRequest(text=f"malformed CID: {e}\n") from None
+    display = "/".join((f"/ipfs/{cid}", *segments))
+    target = Target(cid, segments, slash, display, IMMUTABLE)
+    return await _serve(request, lease, target, wanted)
+
+
+async def _ipns(request: web.Request, lease: Lease | None) -> web.StreamResponse:
+    """``/ipns/{name}``: the record itself, or the path under the CID it names."""
+    resolver = request.app[_RESOLVER]
+    if resolver is None:
+        raise web.HTTPNotFound(text="this gateway resolves no IPNS names\n")
+    name = request.match_info["name"]
+    try:
+        parse_ipns_name(name)
+    except IpnsRecordError as e:
+        raise web.HTTPBadRequest(text=f"{e}\n") from None
+    segments, slash = split_path(request.rel_url.raw_path)
+    want_record = request.query.get("format") == "ipns-record" or (
+        "format" not in request.query
+        and IPNS_RECORD_TYPE in request.headers.get("Accept", "").lower()
+    )
+    wanted = None if want_record else _wanted(request)
+    try:
+        resolved = await resolver.resolve(name)
+    except TimeoutError:
+        raise web.HTTPGatewayTimeout(text=f"resolving /ipns/{name} timed out; retry\n") from None
+    if resolved is None:
+        raise web.HTTPNotFound(text=f"/ipns/{name}: no record found for this name\n")
+    cache = f"public, max-age={max(0, int(resolved.ttl))}"
+    if want_record:
+        if segments:
+            raise web.HTTPBadRequest(text="an IPNS record has no path: ask /ipns/<name>\n")
+        return _record(name, resolved.record, cache)
+    display = "/".join((f"/ipns/{name}", *segments))
+    target = Target(resolved.value, segments, slash, display, cache)
+    return await _serve(request, lease, target, wanted)
+
+
+def _record(name: str, record: bytes, cache: str) -> web.Response:
+    """The signed record as the spec's ``application/vnd.ipfs.ipns-record`` (clients verify
+    it themselves: it is served as it came, never re-signed)."""
+    return web.Response(
+        body=record,
+        headers={
+            "Content-Type": IPNS_RECORD_TYPE,
+            "Cache-Control": cache,
+            "Content-Disposition": f'attachment; filename="{name}.ipns-record"',
+            "X-Content-Type-Options": "nosniff",
+            "Vary": "Accept",
+        },
+    )
+
+
+async def _serve(
+    request: web.Request, lease: Lease | None, target: Target, wanted: Wanted | None
+) -> web.StreamResponse:
+    """Walk the path (its blocks first in a CAR), then answer in the negotiated format.
+
+    A bare CID asking raw or CAR consults only the index before answering: HEAD and 404s
+    never read a package file.
+    """
     blocks = request.app[_BLOCKS]
+    get = block_getter(blocks, request.app[_FETCH], request.remote)
+    walked: list[CID] = []
+    cid = target.root
+    if target.segments:
+        try:
+            cid, walked = await asyncio.to_thread(walk_path, get, cid, target.segments)
+        except UnixFSReadError as e:
+            raise read_error(e, target) from None
+    if wanted is None:
+        return await serve_deserialized(request, lease, get, cid, target)
     size = await asyncio.to_thread(blocks.block_size, cid)
     if size is None:
-        raise web.HTTPNotFound(text=f"{cid} is not on this node\n")
+        block = await asyncio.to_thread(get, cid)  # a block fetched for this machine
+        if block is None:
+            raise web.HTTPNotFound(text=f"{cid} is not on this node\n")
+        size = len(block)
     headers = _headers(str(cid), wanted)
-    if _not_modified(request, headers["ETag"]):
+    if target.segments or target.cache != IMMUTABLE:
+        _path_headers(headers, target, wanted, [*walked, cid])
+    if not_modified(request, headers["ETag"]):
         return web.Response(status=304, headers=headers)
     if wanted.fmt == "raw":
-        return await _raw(request, blocks, cid, size, headers, lease)
-    return await _car(request, blocks, cid, headers, wanted, lease)
+        return await _raw(request, get, cid, size, headers, lease)
+    walk = itertools.chain(
+        ((c, fetch_block(get, c)) for c in walked), dag_walk(get, cid, wanted.scope)
+    )
+    return await _car(request, walk, walked[0] if walked else cid, headers, wanted, lease)
+
+
+def _path_headers(headers: dict[str, str], target: Target, wanted: Wanted, cids: list[CID]) -> None:
+    """Headers of a raw/CAR answer named by a path: its own ETag, location and cache time."""
+    headers["X-Ipfs-Path"] = target.display
+    headers["X-Ipfs-Roots"] = ",".join(map(str, cids))
+    headers["Cache-Control"] = target.cache
+    if wanted.fmt == "car":
+        # The CAR holds the path's blocks too: it is named by the root CID and the path (for
+        # /ipns/ too: a new record means new bytes, so the ETag must change with the root).
+        by_cid = "/".join((f"/ipfs/{target.root}", *target.segments))
+        headers["ETag"] = headers["ETag"].replace(str(cids[-1]), by_cid, 1)
+    if "Content-Location" in headers:
+        headers["Content-Location"] = headers["Content-Location"].replace(
+            f"/ipfs/{cids[-1]}", quote(target.display), 1
+        )
 
 
 def negotiate(query: Mapping[str, str], accept: str | None) -> Wanted | None:
-    """What to answer: ``format`` wins over ``Accept`` (spec); None if neither names one.
+    """What to answer: ``format`` wins over ``Accept`` (spec); None if neither names a
+    verifiable format (deserialize: a browser's ``text/html, */*`` or pacman's nothing).
 
     ``car-version``/``car-order``/``car-dups`` query parameters win over the same
     parameters of the ``Accept`` media type (spec). Raises :class:`NotAcceptable`.
@@ -179,13 +293,10 @@ def negotiate(query: Mapping[str, str], accept: str | None) -> Wanted | None:
         if fmt == "car":
             return Wanted("car", _car_dups(_car_query(query, {})))
         raise NotAcceptable(f"format={fmt[:40]!r} is not served here (raw, car)")
-    if not accept or all(_media(item)[0] in ("*/*", "") for item in accept.split(",")):
+    if not accept:
         return None
-    for media, params in sorted(
-        (_media(item) for item in accept.split(",")), key=lambda m: -_quality(m[1])
-    ):
-        if _quality(params) <= 0:
-            continue
+    wanted = [m for m in (_media(item) for item in accept.split(",")) if _quality(m[1]) > 0]
+    for media, params in sorted(wanted, key=lambda m: -_quality(m[1])):
         if media == RAW_TYPE:
             return Wanted("raw", from_accept=True)
         if media == CAR_TYPE:
@@ -193,12 +304,15 @@ def negotiate(query: Mapping[str, str], accept: str | None) -> Wanted | None:
                 return Wanted("car", _car_dups(_car_query(query, params)), from_accept=True)
             except NotAcceptable:
                 continue
-    raise NotAcceptable(f"none of {accept[:200]!r} is served here ({RAW_TYPE}, {CAR_TYPE})")
+    if wanted and all(media.startswith(_VERIFIABLE) for media, _ in wanted):
+        raise NotAcceptable(f"none of {accept[:200]!r} is served here ({RAW_TYPE}, {CAR_TYPE})")
+    return None  # text/html, */*, application/octet-stream...: the deserialized content
 
 
 def _with_scope(wanted: Wanted, query: Mapping[str, str]) -> Wanted:
-    """``dag-scope`` of a CAR: ``block`` is the root alone; ``entity`` and ``all`` are the
-    whole file (our DAGs are files). ``entity-bytes`` (a trustless Range) is not served:
+    """``dag-scope`` of a CAR: ``block`` is the terminal block alone; ``entity`` a file's
+    whole DAG or a directory's own blocks; ``all`` everything under it. ``entity-bytes`` (a
+    trustless Range) is not served:
     answering it with the whole DAG would break the spec's "minimal set of blocks"."""
     if wanted.fmt != "car":
         return wanted
@@ -207,9 +321,7 @@ def _with_scope(wanted: Wanted, query: Mapping[str, str]) -> Wanted:
     scope = query.get("dag-scope", "all")
     if scope not in ("block", "entity", "all"):
         raise web.HTTPBadRequest(text="dag-scope must be block, entity or all\n")
-    return Wanted(
-        wanted.fmt, wanted.dups, wanted.from_accept, "block" if scope == "block" else "all"
-    )
+    return Wanted(wanted.fmt, wanted.dups, wanted.from_accept, scope)
 
 
 def _car_query(query: Mapping[str, str], params: dict[str, str]) -> dict[str, str]:
@@ -276,18 +388,9 @@ def _headers(cid: str, wanted: Wanted) -> dict[str, str]:
     return headers
 
 
-def _not_modified(request: web.Request, etag: str) -> bool:
-    """If-None-Match: the spec requires 304 when the client already has these bytes."""
-    header = request.headers.get("If-None-Match")
-    if not header:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    return "*" in tags or etag in tags
-
-
 async def _raw(
     request: web.Request,
-    blocks: PackageBlockstore,
+    get: Getter,
     cid: CID,
     size: int,
     headers: dict[str, str],
@@ -296,27 +399,24 @@ async def _raw(
     if request.method == "HEAD":
         headers["Content-Length"] = str(size)
         return web.Response(headers=headers)
-    try:
-        block = await asyncio.to_thread(blocks.get, cid)
-    except BlockstoreError as e:
-        log.warning("gateway: %s", e)
-        raise web.HTTPNotFound(text=f"{cid} is not on this node\n") from None
+    block = await asyncio.to_thread(get, cid)
     if block is None:
         raise web.HTTPNotFound(text=f"{cid} is not on this node\n")
-    if not await _pace(request, lease, len(block)):
+    if not await pace(request, lease, len(block)):
         return web.Response(status=499)  # nobody is listening: not even logged as an error
     return web.Response(body=block, headers=headers)
 
 
 async def _car(
     request: web.Request,
-    blocks: PackageBlockstore,
-    cid: CID,
+    dag: Iterator[tuple[CID, bytes]],
+    root: CID,
     headers: dict[str, str],
     wanted: Wanted,
     lease: Lease | None,
 ) -> web.StreamResponse:
-    """Stream the DAG; blocks are read and verified on a worker thread, a batch at a time.
+    """Stream ``dag`` (path blocks, then the terminal DAG) as a CAR rooted at ``root``;
+    blocks are read and verified on a worker thread, a batch at a time.
 
     Pacing is per batch (~1 MiB): one bucket reservation and at most one sleep each.
     """
@@ -324,33 +424,32 @@ async def _car(
     if request.method == "HEAD":
         await resp.prepare(request)
         return resp
-    dag = blocks.dag_blocks(cid)
-    walk = _frames(itertools.islice(dag, 1) if wanted.scope == "block" else dag, wanted.dups)
+    walk = _frames(dag, wanted.dups)
     try:
         first = await asyncio.to_thread(_batch, walk)
-    except BlockstoreError as e:  # the root itself went bad: nothing sent yet
+    except (BlockstoreError, UnixFSReadError) as e:  # the root itself went bad: nothing sent
         log.warning("gateway: %s", e)
-        raise web.HTTPNotFound(text=f"{cid} is not on this node\n") from None
+        raise web.HTTPNotFound(text=f"{root} is not on this node\n") from None
     await resp.prepare(request)
     try:
-        await resp.write(encode_header(cid))
+        await resp.write(encode_header(root))
         batch = first
         while batch:
-            if not await _pace(request, lease, sum(map(len, batch))):
-                _cut(request)
+            if not await pace(request, lease, sum(map(len, batch))):
+                cut(request)
                 return resp
             for piece in batch:  # frame heads and blocks as they are: no joining copies
                 await resp.write(piece)
             try:
                 batch = await asyncio.to_thread(_batch, walk)
             except Exception as e:  # whatever it is, the CAR must not look complete
-                log.warning("gateway: CAR of %s cut short: %s", cid, e)
-                _cut(request)
+                log.warning("gateway: CAR of %s cut short: %s", root, e)
+                cut(request)
                 return resp
         await resp.write_eof()
     except ConnectionResetError:
         # The peer hung up (it had enough, or switched source): normal, not an error.
-        log.debug("gateway: client went away during the CAR of %s", cid)
+        log.debug("gateway: client went away during the CAR of %s", root)
     return resp
 
 
@@ -377,13 +476,6 @@ def _batch(frames: Iterator[bytes]) -> list[bytes]:
         if total >= _BATCH_BYTES:
             break
     return out
-
-
-def _cut(request: web.Request) -> None:
-    """Drop the connection so the client sees a failed transfer, not a complete CAR."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
 
 
 def _probe(wanted: Wanted) -> web.StreamResponse:
