@@ -122,7 +122,7 @@ class Node:
             config.verify_window,
             publish_now=self.ipns.publish_now,
         )
-        peer_blocks = PeerBlocks(self.swarm.gateway_urls, self.peer_session)
+        peer_blocks = PeerBlocks(self.swarm.gateway_urls, self.peer_session, self._bitswap_block)
         self.ipfs = IpfsService(
             config,
             self.store.cache_path,
@@ -148,6 +148,10 @@ class Node:
 
     def _publish(self, committed: Committed) -> None:
         self.ipfs.publish(committed.rp, committed.path)
+
+    async def _bitswap_block(self, cid: CID) -> bytes | None:
+        host = self.ipfs.host
+        return None if host is None else await host.fetch_block(cid)
 
     def evict(self, rp: RequestPath) -> None:
         """Drop a package from the cache, then tell subscribers (IPFS drops its blocks).

@@ -48,6 +48,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.tools.anyio_service import background_trio_service
 
 from pacswarm.ipfs.bitswap import BitswapEngine, BlockSource, MemoryBlocks
+from pacswarm.ipfs.bitswap_block import fetch_block
 from pacswarm.ipfs.bitswap_fetch import (
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_WINDOW,
@@ -501,6 +502,16 @@ class P2PHost:
             deadline=deadline,
             offset=offset,
         )
+
+    async def fetch_block(self, cid: CID, timeout: float = 5.0) -> bytes | None:
+        """One block from the connected peers over Bitswap (checked), or None."""
+        return await self.bridge.run(self._fetch_block_in_trio, cid, timeout)
+
+    async def _fetch_block_in_trio(self, cid: CID, timeout: float) -> bytes | None:
+        if self.libp2p_host is None or self.bitswap is None:
+            return None
+        peers = list(self.libp2p_host.get_connected_peers())
+        return await fetch_block(self.bitswap, cid, peers, timeout)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: PeerCallback, peer_id: str) -> None:

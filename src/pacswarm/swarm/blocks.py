@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 
@@ -37,13 +37,28 @@ class PeerBlocks:
         self,
         gateways: Callable[[], Sequence[str]],
         session: Callable[[], aiohttp.ClientSession],
+        bitswap: Callable[[CID], Awaitable[bytes | None]] | None = None,
     ) -> None:
         """``gateways()``: base URLs (``http://ip:port``) of the swarm peers' gateways, best
-        first; ``session()``: the HTTP session for peers."""
+        first; ``session()``: the HTTP session for peers; ``bitswap(cid)``: the block from
+        connected peers over Bitswap, asked when no gateway has it (a peer whose gateway
+        port we never heard of, or one that is not pacswarm at all)."""
         self._gateways = gateways
         self._session = session
+        self._bitswap = bitswap
 
     async def fetch(self, cid: CID) -> bytes | None:
+        block = await self._from_gateways(cid)
+        if block is None and self._bitswap is not None:
+            try:
+                block = await self._bitswap(cid)
+            except Exception as e:  # a stopped host, a libp2p hiccup: nobody had it
+                log.debug("block %s over Bitswap: %r", cid, e)
+            if block is not None and not cid.verify(block):
+                return None
+        return block
+
+    async def _from_gateways(self, cid: CID) -> bytes | None:
         urls = list(self._gateways())
         for start in range(0, len(urls), ASK_AT_ONCE):
             batch = urls[start : start + ASK_AT_ONCE]
