@@ -10,7 +10,9 @@
     │   │   └── BadBytes     (fetch.admit) another source may have the right bytes
     │   ├── BadSignature     (fetch.admit) the db's bytes, but no trusted signature: final
     │   └── SignatureUncheckable  gpg could not run here; the sender is not blamed
-    └── NoSpaceError         a package would not fit on the cache filesystem
+    ├── NoSpaceError         a package would not fit on the cache filesystem
+    ├── IpnsRecordError      (ipns.record) an IPNS record that must not be built or believed
+    └── IpnsPublishError     (ipns.publisher) publishing is off, or nothing to publish yet
 
 Errors carry the context (path, mirror, key) so a log line alone tells what went wrong.
 """
