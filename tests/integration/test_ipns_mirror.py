@@ -11,6 +11,8 @@ b's directory blocks fetched from b.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +21,13 @@ from pathlib import Path
 import pytest
 
 from pacswarm.ipfs.identity import load_or_create_identity
-from pacswarm.ipns.record import ipns_name, name_multihash
+from pacswarm.ipns.record import (
+    IpnsRecord,
+    ipns_name,
+    name_multihash,
+    parse_ipns_name,
+    validate_record,
+)
 from tests.support.cluster import Cluster, SwarmNode, refuse_packages
 from tests.support.mirror import MirrorServer
 from tests.support.pacman import PacmanEnv
@@ -91,3 +99,46 @@ def test_pacman_installs_from_another_nodes_ipns_folder(
     assert re.search(r"core\.db", page), page[:500]
     status, record = get(f"{a.gateway_url}/ipns/{name}?format=ipns-record")
     assert status == 200 and len(record) > 100, (status, record[:200])
+
+
+def cli(node: SwarmNode, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "pacswarm", *args, "--config", str(node.config)]
+    argv += ["--listen", f"127.0.0.1:{node.port}"]
+    if args[0] == "id":
+        argv += ["--data-dir", str(node.data_dir)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=150, check=False)
+
+
+def served_record(node: SwarmNode, name: str) -> IpnsRecord:
+    status, raw = get(f"{node.gateway_url}/ipns/{name}?format=ipns-record")
+    assert status == 200, (status, raw[:300])
+    return validate_record(raw, parse_ipns_name(name), now_ns=time.time_ns())
+
+
+def test_pacswarm_publish_and_a_restart_keep_the_name_and_raise_the_sequence(
+    test_repo: TestRepo, cluster: Cluster
+) -> None:
+    b = cluster.add("b")
+    b.install("hello")
+    name = name_of(b)
+    ident = cli(b, "id")
+    assert f"/ipns/{name}" in ident.stdout, ident.stdout + ident.stderr
+    published = cli(b, "publish")
+    assert published.returncode == 0, published.stdout + published.stderr
+    root = re.search(r"root: /ipfs/(\S+)", published.stdout)
+    sequence = re.search(r"sequence: (\d+)", published.stdout)
+    assert root and sequence, published.stdout
+    record = served_record(b, name)
+    assert record.value.decode() == f"/ipfs/{root[1]}"
+    assert record.sequence == int(sequence[1])
+
+    b.stop()
+    b.start()
+    again = cli(b, "publish")
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = served_record(b, name)
+    # Same packages, same dbs: the same folder root; a sequence that only grew.
+    assert after.value == record.value, (after.value, record.value)
+    assert after.sequence > record.sequence
+    listing = wait_listing(f"{b.gateway_url}/ipns/{name}/core/os/x86_64/", ["hello-"])
+    assert test_repo.packages["hello"].filename in listing
