@@ -87,8 +87,10 @@ class Gossip:
         topic_of: Callable[[str, str], str],
         on_news: Callable[[str, News], None],
         digest_of: Callable[[str, str], Digest | None] = lambda repo, arch: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._publish = publish
+        self._clock = clock
         self._digest_of = digest_of
         self._topic_of = topic_of
         self._on_news = on_news
@@ -107,7 +109,7 @@ class Gossip:
         reason = None
         if len(data) > MAX_MESSAGE:
             reason = "oversized"
-        elif not self.rates.allow(peer, time.monotonic()):
+        elif not self.rates.allow(peer, self._clock()):
             reason = "over rate"
         else:
             try:
