@@ -43,6 +43,7 @@ from pacswarm.ipns.resolver import IpnsResolver
 from pacswarm.ipns.sequence import SequenceCounter
 from pacswarm.node import Node
 from pacswarm.proxy import COMMAND_HEADER
+from tests.support.protowire import field_value_offset
 
 T = TypeVar("T")
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -214,7 +215,7 @@ def test_old_or_forged_records_never_replace_the_good_one(tmp_path: Path) -> Non
                     ttl_ns=10**9,
                 )
             )
-            forged[forged.index(b"\x42\x40") + 10] ^= 1  # signatureV2 no longer verifies
+            forged[field_value_offset(bytes(forged), 8) + 8] ^= 1  # signatureV2 fails
 
             async def put_at_b(raw: bytes) -> bool:
                 assert c.dht_values is not None

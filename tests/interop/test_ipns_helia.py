@@ -47,6 +47,7 @@ from pacswarm.ipns.record import (
 from pacswarm.ipns.resolver import IpnsResolver
 from pacswarm.ipns.sequence import SequenceCounter
 from tests.support.helia import HELIA_DIR, node_major_version
+from tests.support.protowire import field_value_offset
 
 SCRIPT = HELIA_DIR / "ipns_check.mjs"
 HOUR = 3600 * 10**9
@@ -144,7 +145,7 @@ def test_helia_accepts_gos_trimmed_validity(tmp_path: Path, key: KeyPair) -> Non
 
 def test_helia_refuses_a_tampered_signature(tmp_path: Path, key: KeyPair) -> None:
     raw = bytearray(_record(key, time.time_ns()))
-    sig_at = raw.index(b"\x42\x40") + 2  # field 8 (signatureV2), 64 bytes
+    sig_at = field_value_offset(bytes(raw), 8)  # signatureV2, 64 bytes
     raw[sig_at + 5] ^= 1
     rc, out = _check(tmp_path, bytes(raw), key)
     assert rc == 1 and out["valid"] is False
