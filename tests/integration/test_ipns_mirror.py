@@ -28,6 +28,7 @@ from pacswarm.ipns.record import (
     parse_ipns_name,
     validate_record,
 )
+from tests.support.browser import render
 from tests.support.cluster import Cluster, SwarmNode, refuse_packages
 from tests.support.mirror import MirrorServer
 from tests.support.pacman import PacmanEnv
@@ -93,6 +94,12 @@ def test_pacman_installs_from_another_nodes_ipns_folder(
         pacman.close()
     for pkg in (hello, libgreet):
         assert (pacman.cachedir / pkg.filename).read_bytes() == pkg.path.read_bytes()
+
+    # The listing renders in a real browser: every file a link, by its name.
+    dom, shot = render(folder, tmp_path / "browser")
+    for pkg in (hello, libgreet):
+        assert f'href="{pkg.filename}"' in dom or f'href="./{pkg.filename}"' in dom, dom[:2000]
+    assert shot.read_bytes().startswith(b"\x89PNG"), "no screenshot of the listing"
 
     # A peer resolves b's name and lists b's folder through its own gateway.
     page = wait_listing(f"{a.gateway_url}/ipns/{name}/core/os/x86_64/", [hello.filename])
