@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,8 +21,10 @@ from pacswarm.config_tables import (
     SeedConfig,
     SwarmConfig,
     apply_tables,
+    parse_size,
 )
 from pacswarm.errors import ConfigError
+from pacswarm.evict import SizeCap
 
 DEFAULT_PORT = 7878
 DEFAULT_MIRRORLIST = Path("/etc/pacman.d/mirrorlist")
@@ -33,6 +36,9 @@ DEFAULT_MIRROR = "https://geo.mirror.pkgbuild.com/$repo/os/$arch"
 DEFAULT_BOOTSTRAP: tuple[str, ...] = ()
 #: pacman aborts a transfer below 1 byte/s for 10 s; the window must end well before that.
 MAX_VERIFY_WINDOW = 8.0
+#: The default cache cap: a tenth of the cache's filesystem, never more than 20 GiB, so a
+#: laptop's disk stays usable (a full Arch desktop upgrade is ~1-2 GiB of packages).
+DEFAULT_CACHE_MAX_SIZE = SizeCap(fraction=0.10, ceiling=20 << 30)
 
 
 def default_data_dir() -> Path:
@@ -79,6 +85,10 @@ class Config:
     #: frozen (a mirror replaying an old but valid state). Arch updates core daily.
     db_freeze_after: float = 7 * 24 * 3600.0
     log_level: str = "info"
+    #: Versions of each package (same repo, arch, name) kept in the cache, newest by vercmp.
+    keep_versions: int = 3
+    #: Most bytes the package cache holds; least recently served packages go beyond it.
+    cache_max_size: SizeCap = DEFAULT_CACHE_MAX_SIZE
     #: libp2p listen multiaddrs (TCP; Noise + Yamux).
     p2p_listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     #: Peer-facing IPFS Trustless Gateway (HTTP): only /ipfs/<cid> is reachable there.
@@ -117,6 +127,8 @@ _TOML_KEYS = {
     "verify_window",
     "db_freeze_after",
     "log_level",
+    "keep_versions",
+    "cache_max_size",
     "p2p_listen",
     "gateway_listen",
     "bootstrap",
@@ -150,6 +162,56 @@ def _positive(values: dict[str, Any], key: str) -> float:
     ):
         raise ConfigError(f"{key} = {value!r}: expected a positive number of seconds")
     return float(value)
+
+
+_SHARE = re.compile(r"^\s*([0-9.]+)\s*%\s*(?:up to\s+(.+?))?\s*$", re.IGNORECASE)
+
+
+def parse_cache_max_size(value: object, key: str = "cache_max_size") -> SizeCap:
+    """``"20 GiB"``, ``"8 MiB"``, a byte count, ``"10%"`` or ``"10% up to 20 GiB"``.
+
+    A share is of the filesystem holding the cache, resolved when eviction runs.
+    """
+    share = _SHARE.match(value) if isinstance(value, str) else None
+    if share is not None:
+        try:
+            percent = float(share.group(1))
+        except ValueError:
+            percent = math.nan
+        if not 0 < percent <= 100:
+            raise ConfigError(
+                f"{key} = {value!r}: a share of the filesystem must be above 0% and at most 100%"
+            )
+        ceiling = None if share.group(2) is None else _positive_size(share.group(2), key)
+        return SizeCap(fraction=percent / 100, ceiling=ceiling)
+    return SizeCap(bytes=_positive_size(value, key))
+
+
+def _positive_size(value: object, key: str) -> int:
+    size = parse_size(value, key)
+    if size <= 0:
+        raise ConfigError(
+            f'{key} = {value!r}: the cache needs room for at least one package; use "20 GiB", '
+            '"10%" or a byte count above 0'
+        )
+    return size
+
+
+def _cache_changes(values: dict[str, Any], source: str) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if "keep_versions" in values:
+        keep = values["keep_versions"]
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ConfigError(
+                f"{source}: keep_versions = {keep!r}: expected a whole number of versions, 1 "
+                "or more (pacman needs the installed version to downgrade or reinstall)"
+            )
+        changes["keep_versions"] = keep
+    if "cache_max_size" in values:
+        changes["cache_max_size"] = parse_cache_max_size(
+            values["cache_max_size"], f"{source}: cache_max_size"
+        )
+    return changes
 
 
 def _apply(config: Config, values: dict[str, Any], source: str) -> Config:
@@ -200,6 +262,7 @@ def _apply(config: Config, values: dict[str, Any], source: str) -> Config:
             raise ConfigError(f"{source}: min_speed must be a whole number of bytes per second")
         changes["min_speed"] = values["min_speed"]
     changes.update(_p2p_changes(values, source))
+    changes.update(_cache_changes(values, source))
     current = {
         "swarm": config.swarm,
         "audit": config.audit,

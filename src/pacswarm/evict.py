@@ -204,7 +204,16 @@ class SizeCap:
         return cap if self.ceiling is None else min(cap, self.ceiling)
 
     def __str__(self) -> str:
+        """The setting as it is written in pacswarm.toml ("20 GiB", "10% up to 20 GiB")."""
         if self.bytes is not None:
-            return f"{self.bytes} bytes"
-        text = f"{(self.fraction or 0.0) * 100:g}% of the cache filesystem"
-        return text if self.ceiling is None else f"{text}, at most {self.ceiling} bytes"
+            return format_size(self.bytes)
+        text = f"{(self.fraction or 0.0) * 100:g}%"
+        return text if self.ceiling is None else f"{text} up to {format_size(self.ceiling)}"
+
+
+def format_size(size: int) -> str:
+    """Bytes as the config writes them: ``"20 GiB"`` when exact, else a byte count."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"

@@ -156,6 +156,7 @@ def test_config_keys_lists_every_toml_key() -> None:
         "audit.max_size",
         "audit.per_hour",
         "bootstrap",
+        "cache_max_size",
         "connect_timeout",
         "data_dir",
         "db_freeze_after",
@@ -165,6 +166,7 @@ def test_config_keys_lists_every_toml_key() -> None:
         "ipns.publish",
         "ipns.republish",
         "ipns.ttl",
+        "keep_versions",
         "listen",
         "log_level",
         "mdns",
@@ -369,3 +371,50 @@ def test_invalid_toml_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML") as err:
         load_config(path)
     assert str(path) in str(err.value)
+
+
+# -- the package cache ------------------------------------------------------------------------
+
+
+def test_cache_defaults_keep_three_versions_and_a_laptop_safe_cap() -> None:
+    config = load_config(None)
+    assert config.keep_versions == 3
+    # A tenth of the filesystem, but a 2 TB disk does not give up 200 GB to old packages.
+    assert config.cache_max_size.resolve(100 << 30) == 10 << 30
+    assert config.cache_max_size.resolve(2000 << 30) == 20 << 30
+
+
+@pytest.mark.parametrize(
+    ("text", "disk", "expected"),
+    [
+        ('"20 GiB"', 1 << 40, 20 << 30),
+        ('"8 MiB"', 1 << 40, 8 << 20),
+        ("1048576", 1 << 40, 1 << 20),
+        ('"10%"', 1000 << 30, 100 << 30),
+        ('"25 % up to 1 GiB"', 100 << 30, 1 << 30),
+    ],
+)
+def test_cache_max_size_forms(tmp_path: Path, text: str, disk: int, expected: int) -> None:
+    config = load_config(write(tmp_path, f"cache_max_size = {text}\nkeep_versions = 1\n"))
+    assert config.cache_max_size.resolve(disk) == expected
+    assert config.keep_versions == 1
+    # What the status page and `pacswarm gc` print reads back as the same setting.
+    again = load_config(write(tmp_path, f'cache_max_size = "{config.cache_max_size}"\n'))
+    assert again.cache_max_size == config.cache_max_size
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ('cache_max_size = "0%"', "above 0%"),
+        ('cache_max_size = "150%"', "at most 100%"),
+        ("cache_max_size = 0", "at least one package"),
+        ('cache_max_size = "lots"', "20 GiB"),
+        ("cache_max_size = true", "20 GiB"),
+        ("keep_versions = 0", "1 or more"),
+        ('keep_versions = "3"', "whole number"),
+    ],
+)
+def test_cache_settings_refused_with_a_hint(tmp_path: Path, line: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(write(tmp_path, line + "\n"))
