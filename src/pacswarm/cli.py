@@ -1,4 +1,4 @@
-"""The ``pacswarm`` command: init, serve, verify, id, publish, reset-db, cid.
+"""The ``pacswarm`` command: init, serve, verify, id, publish, gc, reset-db, cid.
 
 Errors the user can fix (:class:`~pacswarm.errors.PacswarmError`) are printed as one line with
 what to do next, and exit 2; ``verify`` exits 1 for a package that fails.
@@ -20,6 +20,7 @@ from pacswarm import __version__
 from pacswarm.config import Config, config_keys, load_config
 from pacswarm.dbsync import reset_held
 from pacswarm.errors import PacswarmError
+from pacswarm.gc import collect_offline, summary_lines
 from pacswarm.ipfs.identity import load_or_create_identity, peer_id_of
 from pacswarm.ipfs.unixfs import import_stream
 from pacswarm.ipns.record import ipns_name, name_multihash
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pub.add_argument("--config", type=Path, help="TOML config file (for listen)")
     pub.add_argument("--listen", metavar="HOST:PORT", help="the node's address (127.0.0.1:7878)")
+    gc = sub.add_parser(
+        "gc",
+        help="evict what keep_versions and cache_max_size allow no more, and print what it frees",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="print what would go; change nothing")
+    gc.add_argument("--config", type=Path, help="TOML config file (listen, data_dir, the rules)")
+    gc.add_argument("--listen", metavar="HOST:PORT", help="the node's address (127.0.0.1:7878)")
+    gc.add_argument("--data-dir", type=Path, help="node state, used when no node is running")
     reset = sub.add_parser(
         "reset-db",
         help="drop the held copies of repo dbs (all, or each REPO): the next -Sy fetches anew",
@@ -197,6 +206,41 @@ def cmd_publish(config: Config) -> int:
     return 0
 
 
+def _ask_node(config: Config, path: str, command: str) -> dict[str, Any] | None:
+    """POST a control request to the running node; None when no node answers there."""
+    url = _local_url(config, path)
+    request = urllib.request.Request(
+        url, data=b"", method="POST", headers={COMMAND_HEADER: command}
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+    try:
+        with opener.open(request, timeout=120) as response:
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode("utf-8", errors="replace").strip()
+        raise PacswarmError(f"the node at {url} refused: {detail or e.reason}") from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ConnectionRefusedError):
+            return None
+        raise PacswarmError(f"the node at {url} did not answer: {e.reason}") from None
+
+
+def cmd_gc(config: Config, dry_run: bool) -> int:
+    """Evict now: through the running node (``POST /api/gc``), else on the data dir.
+
+    With the node stopped only the store changes; the node drops the blocks, announcements
+    and folder links of what went when it next starts.
+    """
+    result = _ask_node(config, "/api/gc?dry_run=1" if dry_run else "/api/gc", "gc")
+    if result is None:
+        print(f"no node answers at {config.listen}: working on {config.data_dir} directly")
+        result = collect_offline(config, dry_run).to_json()
+    for line in summary_lines(result):
+        print(line)
+    return 0
+
+
 def cmd_reset_db(config: Config, repos: list[str]) -> int:
     """Forget the held dbs (and with them the rollback floor): the operator's way out when a
     bad db is held. Works whether the node runs or not; nothing else is touched."""
@@ -242,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_id(config)
         if args.command == "publish":
             return cmd_publish(config)
+        if args.command == "gc":
+            return cmd_gc(config, args.dry_run)
         if args.command == "reset-db":
             return cmd_reset_db(config, args.repos)
         return cmd_verify(config, args.package, args.sig)

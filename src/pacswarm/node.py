@@ -26,6 +26,7 @@ from pacswarm.fetch.download import Downloader
 from pacswarm.fetch.peers import GatewaySource, PeerHealth, peer_session
 from pacswarm.fetch.plan import SourcePlan
 from pacswarm.fetch.source import CacheSource, Want
+from pacswarm.gc import Collector
 from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipfs.service import IpfsService
@@ -121,6 +122,7 @@ class Node:
             self.upstream,
             config.verify_window,
             publish_now=self.ipns.publish_now,
+            gc_now=self.gc_now,
         )
         peer_blocks = PeerBlocks(self.swarm.gateway_urls, self.peer_session, self._bitswap_block)
         self.ipfs = IpfsService(
@@ -134,6 +136,8 @@ class Node:
         )
         self.duties = Duties(self.swarm, self.downloader, self.store, config.data_dir)
         self.events.committed.subscribe(self._publish)
+        self.gc = Collector(self.store, config, self.evict)
+        self.events.committed.subscribe(self.gc.poke)
         self.events.evicted.subscribe(self.ipfs.forget)
         self.events.evicted.subscribe(self.swarm.on_evicted)
         self.ipfs.on_imported.append(self.swarm.on_imported)
@@ -154,13 +158,20 @@ class Node:
         return None if host is None else await host.fetch_block(cid)
 
     def evict(self, rp: RequestPath) -> None:
-        """Drop a package from the cache, then tell subscribers (IPFS drops its blocks).
+        """Drop a package from the cache, then tell subscribers (IPFS drops its blocks, the
+        swarm its announcements, the folders their link); the store's journal of the
+        removal is cleared only then, so a crash in between is finished at the next start.
 
-        Used for bit rot found by the blockstore or the cache source; eviction by size will
-        use it too.
+        The one path for every removal: bit rot found by the blockstore or the cache
+        source, and eviction (:mod:`pacswarm.gc`).
         """
         self.store.remove_package(rp)
         self.events.evicted.emit(rp)
+        self.store.removal_done(rp)
+
+    async def gc_now(self, dry_run: bool) -> dict[str, Any]:
+        """``pacswarm gc`` on the running node (``POST /api/gc``)."""
+        return self.gc.run(dry_run).to_json()
 
     async def fetch_from_peer(
         self, rp: RequestPath, record: PackageRecord, base_url: str, root: CID
@@ -228,6 +239,10 @@ class Node:
             self.duties.start()
         if self.ipfs.blocks is not None:
             await self.ipns.start(self.ipfs.blocks)
+        # Blocks, announcements and folders are open now: finish interrupted evictions, then
+        # bring the cache within its settings before importing what stays.
+        self.gc.resume()
+        self.gc.run()
         cached = [
             RequestPath(p.repo, p.arch, p.filename, FileKind.PACKAGE) for p in self.store.cached()
         ]
@@ -243,6 +258,7 @@ class Node:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        self.gc.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

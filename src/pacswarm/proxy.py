@@ -9,7 +9,8 @@ Each request is routed by what the file is (see :mod:`pacswarm.requestpath`):
 * package signatures: from the cache, the db's %PGPSIG%, or upstream;
 * anything else: passed through from upstream, never cached.
 
-One control route: ``POST /api/publish`` (``pacswarm publish``), loopback clients only.
+Control routes, loopback clients with the command header only: ``POST /api/publish``
+(``pacswarm publish``) and ``POST /api/gc`` (``pacswarm gc``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ MAX_INDEX_ASKED = 64
 COMMAND_HEADER = "X-Pacswarm-Command"
 
 PublishNow = Callable[[], Awaitable[dict[str, Any]]]
+GcNow = Callable[[bool], Awaitable[dict[str, Any]]]
 
 
 class Proxy:
@@ -63,8 +65,11 @@ class Proxy:
         verify_window: float,
         *,
         publish_now: PublishNow | None = None,
+        gc_now: GcNow | None = None,
     ) -> None:
         self.store = store
+        #: ``pacswarm gc [--dry-run]``: run the eviction policy now; returns its result.
+        self.gc_now = gc_now
         #: ``pacswarm publish``: build the folder and publish it now; returns
         #: ``{"name": ..., "root": ..., "sequence": ...}``. None: the node does not publish.
         self.publish_now = publish_now
@@ -80,18 +85,20 @@ class Proxy:
             web.get("/", self.index),
             web.get("/{repo}/{os}/{arch}/{filename}", self.handle),
             web.post("/api/publish", self.publish),
+            web.post("/api/gc", self.gc),
         ]
+
+    async def gc(self, request: web.Request) -> web.Response:
+        """``pacswarm gc``: from this machine only, with the command header."""
+        _command_only(request, "gc")
+        if self.gc_now is None:
+            raise web.HTTPServiceUnavailable(text="this node does not evict\n")
+        dry_run = request.query.get("dry_run", "") == "1"
+        return web.json_response(await self.gc_now(dry_run))
 
     async def publish(self, request: web.Request) -> web.Response:
         """``pacswarm publish``: from this machine only, with the command header."""
-        try:
-            loopback = ipaddress.ip_address(request.remote or "").is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback or request.headers.get(COMMAND_HEADER) != "publish":
-            raise web.HTTPForbidden(
-                text="publishing is only for `pacswarm publish` on this machine\n"
-            )
+        _command_only(request, "publish")
         if self.publish_now is None:
             raise web.HTTPServiceUnavailable(text="this node publishes no IPNS name\n")
         try:
@@ -189,6 +196,8 @@ class Proxy:
         if request.headers.get("Range") and self.downloader.cuts.known(key):
             return await self.serve_resume(request, rp, arrived)
         if cached.is_file():
+            if request.method == "GET":
+                self.store.mark_served(rp)  # the cap keeps what pacman still asks for
             return await self.serve_file(request, cached)
         record = await self.record_for(rp)
         if request.method == "HEAD":
@@ -333,6 +342,16 @@ class Proxy:
         except ConnectionResetError:  # pacman interrupted: the download goes on without it
             log.info("client went away during %s (%s)", dl.rp, request.remote)
         return resp
+
+
+def _command_only(request: web.Request, command: str) -> None:
+    """Refuse a control request not from this machine or without the command header."""
+    try:
+        loopback = ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback or request.headers.get(COMMAND_HEADER) != command:
+        raise web.HTTPForbidden(text=f"this is only for `pacswarm {command}` on this machine\n")
 
 
 class _WholeFile(web.FileResponse):

@@ -13,6 +13,11 @@ The invariant: a file is under ``cache/`` only if it passed verification. Downlo
 to ``tmp/`` and renamed into place afterwards; the package file is renamed last, after its
 signature and its metadata row, so a ``kill -9`` at any moment leaves either nothing or a
 complete verified entry. :meth:`Store.recover` removes leftovers at start-up.
+
+Removal (eviction, bit rot) is journalled: the ``evicting`` row is written first, in the same
+transaction that drops the package's row, and cleared only once the node told every part
+(IPFS blocks, announcements, folders) that the package left. A ``kill -9`` in between leaves
+the row, and the node finishes the job at its next start (:meth:`Store.pending_removals`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pacswarm.requestpath import RequestPath
+from pacswarm.evict import Entry
+from pacswarm.requestpath import FileKind, RequestPath
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,13 @@ CREATE TABLE IF NOT EXISTS packages (
     size INTEGER NOT NULL,
     source TEXT NOT NULL,
     added_at REAL NOT NULL,
+    served_at REAL,
+    PRIMARY KEY (repo, arch, filename)
+);
+CREATE TABLE IF NOT EXISTS evicting (
+    repo TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    filename TEXT NOT NULL,
     PRIMARY KEY (repo, arch, filename)
 );
 """
@@ -84,6 +97,9 @@ class Store:
         self._sql.execute("PRAGMA journal_mode=WAL")
         self._sql.execute("PRAGMA synchronous=NORMAL")
         self._sql.executescript(_SCHEMA)
+        columns = {row[1] for row in self._sql.execute("PRAGMA table_info(packages)")}
+        if "served_at" not in columns:  # a data dir from before eviction existed
+            self._sql.execute("ALTER TABLE packages ADD COLUMN served_at REAL")
 
     def close(self) -> None:
         if self._sql is not None:
@@ -167,7 +183,8 @@ class Store:
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.write_atomic(dest.with_name(dest.name + ".sig"), signature)
         self.sql.execute(
-            "INSERT OR REPLACE INTO packages VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO packages"
+            " (repo, arch, filename, sha256, size, source, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (rp.repo, rp.arch, rp.filename, sha256, size, source, time.time()),
         )
         with open(temp, "rb") as f:
@@ -176,14 +193,50 @@ class Store:
         return dest
 
     def remove_package(self, rp: RequestPath) -> None:
-        """Drop a cached package (bit rot, eviction). File first: no row means not served."""
+        """Drop a cached package (bit rot, eviction), journalled so a crash cannot split it.
+
+        The journal row and the metadata row change in one transaction (the commit point),
+        then the files go. Until :meth:`removal_done`, :meth:`pending_removals` lists it.
+        """
+        key = (rp.repo, rp.arch, rp.filename)
+        with self.sql:
+            self.sql.execute("BEGIN IMMEDIATE")
+            self.sql.execute("INSERT OR IGNORE INTO evicting VALUES (?, ?, ?)", key)
+            self.sql.execute("DELETE FROM packages WHERE repo=? AND arch=? AND filename=?", key)
         dest = self.cache_path(rp)
         dest.unlink(missing_ok=True)
         dest.with_name(dest.name + ".sig").unlink(missing_ok=True)
+
+    def removal_done(self, rp: RequestPath) -> None:
+        """Everyone was told that ``rp`` left the cache: clear its journal row."""
         self.sql.execute(
-            "DELETE FROM packages WHERE repo=? AND arch=? AND filename=?",
+            "DELETE FROM evicting WHERE repo=? AND arch=? AND filename=?",
             (rp.repo, rp.arch, rp.filename),
         )
+
+    def pending_removals(self) -> list[RequestPath]:
+        """Removals begun but not announced to the rest of the node (crash, offline gc)."""
+        rows = self.sql.execute("SELECT repo, arch, filename FROM evicting ORDER BY rowid")
+        return [RequestPath(r, a, f, FileKind.PACKAGE) for r, a, f in rows]
+
+    def mark_served(self, rp: RequestPath, when: float | None = None) -> None:
+        """pacman (or a peer) got this cached package: it is the last to go by the cap."""
+        self.sql.execute(
+            "UPDATE packages SET served_at=? WHERE repo=? AND arch=? AND filename=?",
+            (time.time() if when is None else when, rp.repo, rp.arch, rp.filename),
+        )
+
+    def eviction_entries(self) -> list[Entry]:
+        """Every cached package with its size and when it was last served (or cached)."""
+        rows = self.sql.execute(
+            "SELECT repo, arch, filename, size, COALESCE(served_at, added_at) FROM packages"
+        )
+        return [Entry(r, a, f, size, when) for r, a, f, size, when in rows]
+
+    def cached_bytes(self) -> int:
+        """The size of the package cache (the figure ``cache_max_size`` caps)."""
+        row = self.sql.execute("SELECT COALESCE(SUM(size), 0) FROM packages").fetchone()
+        return int(row[0])
 
     def has_sha256(self, sha256: str) -> bool:
         """Whether a verified package with this sha256 is cached (under any name)."""

@@ -189,3 +189,79 @@ def test_recover_removes_a_half_written_signature(store: Store) -> None:
 
 def test_recover_on_a_clean_node_removes_nothing(store: Store) -> None:
     assert store.recover() == 0
+
+
+# -- eviction support ------------------------------------------------------------------------------
+
+
+def test_a_removal_stays_journalled_until_everyone_was_told(store: Store) -> None:
+    """A crash after the store removed a package but before IPFS and the swarm heard of it
+    leaves the journal row: the next start finishes the eviction (blocks, announcements)."""
+    commit(store, ZSTD, b"bytes")
+    store.remove_package(ZSTD)
+    store = reopen(store)  # the crash: the node never called removal_done
+    try:
+        store.recover()
+        assert store.pending_removals() == [ZSTD]
+        assert store.cached() == []
+        store.removal_done(ZSTD)
+        assert store.pending_removals() == []
+    finally:
+        store.close()
+
+
+def test_a_crash_between_the_row_and_the_files_leaves_no_served_file(store: Store) -> None:
+    path = commit(store, ZSTD, b"bytes")
+    # The transaction of remove_package committed, the unlinks never ran.
+    with store.sql:
+        store.sql.execute("BEGIN IMMEDIATE")
+        store.sql.execute(
+            "INSERT INTO evicting VALUES (?, ?, ?)", ("core", "x86_64", ZSTD.filename)
+        )
+        store.sql.execute("DELETE FROM packages")
+    store = reopen(store)
+    try:
+        store.recover()
+        assert not path.exists()
+        assert not path.with_name(path.name + ".sig").exists()
+        assert store.pending_removals() == [ZSTD]
+    finally:
+        store.close()
+
+
+def test_served_time_and_sizes_feed_the_policy(store: Store) -> None:
+    commit(store, ZSTD, b"12345")
+    commit(store, GLIBC, b"123")
+    store.mark_served(ZSTD, when=5.0)
+    entries = {e.filename: e for e in store.eviction_entries()}
+    assert entries[ZSTD.filename].last_served == 5.0
+    assert entries[ZSTD.filename].size == 5
+    assert entries[GLIBC.filename].last_served > 1_000_000  # never served: when cached
+    assert store.cached_bytes() == 8
+
+
+def test_a_data_dir_from_before_eviction_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    data = tmp_path / "old"
+    Store(data).initialise()
+    sql = sqlite3.connect(data / "pacswarm.sqlite")
+    sql.execute(
+        "CREATE TABLE packages (repo TEXT NOT NULL, arch TEXT NOT NULL, filename TEXT NOT NULL,"
+        " sha256 TEXT NOT NULL, size INTEGER NOT NULL, source TEXT NOT NULL,"
+        " added_at REAL NOT NULL, PRIMARY KEY (repo, arch, filename))"
+    )
+    sql.execute(
+        "INSERT INTO packages VALUES ('core', 'x86_64', ?, 'ab', 3, 'm', 7.0)", (ZSTD.filename,)
+    )
+    sql.commit()
+    sql.close()
+    store = Store(data)
+    store.open()
+    try:
+        assert [e.last_served for e in store.eviction_entries()] == [7.0]
+        commit(store, GLIBC, b"new")
+        store.mark_served(GLIBC, when=9.0)
+        assert sorted(e.last_served for e in store.eviction_entries()) == [7.0, 9.0]
+    finally:
+        store.close()
