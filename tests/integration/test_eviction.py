@@ -209,6 +209,11 @@ def test_gc_dry_run_changes_nothing_and_the_node_applies_new_rules_at_start(
     assert running.returncode == 0, running.stderr
     assert "working on" not in running.stdout
     assert "freed 0 B in 0 package(s)" in running.stdout, running.stdout
+    # A web page cannot drive it: without the command header the node refuses.
+    plain = urllib.request.Request(f"{node.base_url}/api/gc", data=b"", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(plain, timeout=15)
+    assert refused.value.code == 403
 
 
 def test_an_eviction_cut_short_is_finished_at_the_next_start(
