@@ -35,9 +35,15 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pacswarm.config import Config
-from pacswarm.errors import NoSpaceError, UpstreamError, VerificationError
+from pacswarm.errors import (
+    NoSpaceError,
+    SignatureUncheckable,
+    UpstreamError,
+    VerificationError,
+)
 from pacswarm.fetch.admit import Admission, BadBytes, Signed, StreamingCheck
 from pacswarm.fetch.mirrors import final_status
 from pacswarm.fetch.plan import Scope, SourcePlan
@@ -57,6 +63,38 @@ READ_CHUNK = 256 * 1024
 WATCHDOG_TICK = 0.25
 #: Free space kept on the cache filesystem beyond a download's size (the db, SQLite, logs).
 DISK_RESERVE = 64 * 1024 * 1024
+
+
+class DownloadObserver(Protocol):
+    """Who counts what the downloads do (the node's metrics); called on the event loop."""
+
+    def received(self, source: str, size: int) -> None:
+        """``size`` bytes arrived from the source named ``source``."""
+
+    def first_byte(self, seconds: float) -> None:
+        """A download's first byte came ``seconds`` after it started."""
+
+    def finished(self, seconds: float, ok: bool) -> None:
+        """A download ended after ``seconds``: cached (``ok``) or failed."""
+
+    def verification_failed(self, reason: str, sources: Sequence[str]) -> None:
+        """Bytes (``"sha256"``) or a signature (``"signature"``) were refused."""
+
+
+class _Unobserved:
+    """The observer of a downloader nobody watches (tools, tests of the pipeline)."""
+
+    def received(self, source: str, size: int) -> None:
+        pass
+
+    def first_byte(self, seconds: float) -> None:
+        pass
+
+    def finished(self, seconds: float, ok: bool) -> None:
+        pass
+
+    def verification_failed(self, reason: str, sources: Sequence[str]) -> None:
+        pass
 
 
 class State(enum.Enum):
@@ -106,6 +144,8 @@ class Download:
         self.readers: set[_Reader] = set()
         self.recording = False  # the cut records are being taken: readers send nothing
         self.done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        self.started = asyncio.get_running_loop().time()
+        self.got_first_byte = False
         self._changed = asyncio.Event()
 
     @property
@@ -181,8 +221,14 @@ class Downloader:
     """The registry of in-flight downloads, keyed by repo/arch/file."""
 
     def __init__(
-        self, store: Store, plan: SourcePlan, admission: Admission, config: Config
+        self,
+        store: Store,
+        plan: SourcePlan,
+        admission: Admission,
+        config: Config,
+        observer: DownloadObserver | None = None,
     ) -> None:
+        self.observer: DownloadObserver = observer or _Unobserved()
         self.store = store
         self.plan = plan
         self.admission = admission
@@ -246,6 +292,8 @@ class Downloader:
                 await self.plan.ready(dl.want)
             signed = await self._until_admitted(dl, sig_task)
         except (UpstreamError, VerificationError, OSError) as e:
+            if isinstance(e, VerificationError):
+                self._count_refusal(dl, e)
             await self._fail(dl, str(e))
             return
         except asyncio.CancelledError:
@@ -259,6 +307,14 @@ class Downloader:
             if not sig_task.done():
                 sig_task.cancel()
         await self._commit(dl, signed)
+
+    def _count_refusal(self, dl: Download, e: VerificationError) -> None:
+        """A signature refused: the db's or a mirror's ``.sig``; our own gpg failing blames none."""
+        if isinstance(e, SignatureUncheckable):
+            self.observer.verification_failed("uncheckable", [])
+            return
+        provider = dl.first.provider if dl.first is not None else None
+        self.observer.verification_failed("signature", [provider or "db"])
 
     async def _first_signature(self, dl: Download) -> Signed | None:
         """Get the first signature while the bytes come, and start gpg on them."""
@@ -307,6 +363,7 @@ class Downloader:
                     dl.want, dl.sha.hexdigest(), dl.path, first, check, dl.sources
                 )
             except BadBytes as e:
+                self.observer.verification_failed("sha256", dl.sources)
                 # Only a file from one source proves that source lied (a strike, for a peer):
                 # a liar that truncates must not get the honest source that continued struck.
                 alone = len(dl.sources) == 1
@@ -381,6 +438,7 @@ class Downloader:
         dl.path = dest  # same loop step as the rename: readers opening now find the file
         del self._active[dl.want.key]  # a new request now hits the cache
         dl.done.set_result(dest)
+        self.observer.finished(asyncio.get_running_loop().time() - dl.started, True)
 
     async def _fail(self, dl: Download, reason: str) -> None:
         dl.error = reason
@@ -394,6 +452,7 @@ class Downloader:
             os.close(dl.fd)
         dl.path.unlink(missing_ok=True)
         log.error("download of %s failed, not cached: %s", dl.rp, reason)
+        self.observer.finished(asyncio.get_running_loop().time() - dl.started, False)
         if not dl.done.done():
             dl.done.set_exception(DownloadFailed(reason))
             dl.done.exception()
@@ -470,7 +529,11 @@ class Downloader:
             async for chunk in stream:
                 if chunk and source.name not in dl.sources:
                     dl.sources.append(source.name)
+                if chunk and not dl.got_first_byte:
+                    dl.got_first_byte = True
+                    self.observer.first_byte(asyncio.get_running_loop().time() - dl.started)
                 remaining = dl.size - dl.written
+                self.observer.received(source.name, min(len(chunk), remaining))
                 if len(chunk) > remaining:
                     # Endless data or the wrong file: never take more than the db's size.
                     self._append(dl, chunk[:remaining])
@@ -508,4 +571,4 @@ async def _as_faults(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise SourceFault(f"{type(e).__name__}: {e}") from None
 
 
-__all__ = ["HOLDBACK", "Download", "DownloadFailed", "Downloader"]
+__all__ = ["HOLDBACK", "Download", "DownloadFailed", "DownloadObserver", "Downloader"]

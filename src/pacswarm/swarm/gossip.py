@@ -96,6 +96,7 @@ class Gossip:
         self._on_news = on_news
         self.rates = RateTable()
         self.refused: dict[str, int] = {}
+        self.received = 0  # messages that reached validate (metrics)
         self._refused_lock = threading.Lock()
         self._queue: dict[tuple[str, str], list[Entry]] = {}
         self._flush: asyncio.Task[None] | None = None
@@ -107,6 +108,8 @@ class Gossip:
     def validate(self, peer: str, data: bytes) -> bool:
         """Before forwarding: well-formed and within the sender's rate (libp2p thread)."""
         reason = None
+        with self._refused_lock:
+            self.received += 1
         if len(data) > MAX_MESSAGE:
             reason = "oversized"
         elif not self.rates.allow(peer, self._clock()):

@@ -1,0 +1,103 @@
+"""``/metrics`` of a real node, scraped with Prometheus' own parser around real pacman runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import NodeFactory, PacmanFactory
+from tests.support.mirror import MirrorServer
+from tests.support.node import PacswarmNode
+from tests.support.testrepo import TestRepo
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(node: PacswarmNode) -> Samples:
+    """Every sample of ``/metrics``, by name and labels (the parser refuses a bad exposition)."""
+    status, headers, body = node.get("/metrics")
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def _corrupt(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_figures_move_when_pacman_installs(
+    test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory, make_pacman: PacmanFactory
+) -> None:
+    node = make_node([mirror.url_template])
+    pkg = test_repo.packages["libgreet"]
+    before = scrape(node)
+    assert value(before, "pacswarm_cache_packages") == 0
+    assert value(before, "pacswarm_peers") == 0
+
+    first = make_pacman([node.url_template], name="first")
+    assert first.run("-Sy").returncode == 0
+    result = first.run("-S", "libgreet")
+    assert result.returncode == 0, result.stdout + node.log()
+    node.wait_cached(pkg.filename)
+    after = scrape(node)
+
+    # The package came from the mirror, once, whole, and is now cached and counted.
+    assert value(after, "pacswarm_bytes_total", source="mirror", kind="package") == pkg.size
+    assert value(after, "pacswarm_cache_misses_total", kind="package") == 1
+    assert value(after, "pacswarm_requests_total", kind="package") >= 1
+    assert value(after, "pacswarm_requests_total", kind="db") >= 1
+    assert value(after, "pacswarm_download_seconds_count", outcome="verified") == 1
+    assert value(after, "pacswarm_first_byte_seconds_count") == 1
+    assert value(after, "pacswarm_cache_packages") == 1
+    assert value(after, "pacswarm_cache_bytes") == pkg.size
+    assert value(after, "pacswarm_cache_hits_total", kind="package") == 0
+
+    # A second machine gets it from the cache: a hit, bytes from the cache, no new download.
+    second = make_pacman([node.url_template], name="second")
+    assert second.run("-Sy").returncode == 0
+    assert second.run("-S", "libgreet").returncode == 0
+    again = scrape(node)
+    assert value(again, "pacswarm_cache_hits_total", kind="package") == 1
+    assert value(again, "pacswarm_bytes_total", source="cache", kind="package") == pkg.size
+    assert value(again, "pacswarm_bytes_total", source="mirror", kind="package") == pkg.size
+    assert value(again, "pacswarm_download_seconds_count", outcome="verified") == 1
+
+
+def test_a_lying_mirror_is_counted_as_a_verification_failure(
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    mirror2: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+) -> None:
+    pkg = test_repo.packages["bigpkg"]
+    _corrupt(mirror.root / pkg.repo / "os/x86_64" / pkg.filename, pkg.size // 2)
+    node = make_node([mirror.url_template, mirror2.url_template])
+    assert (
+        value(
+            scrape(node), "pacswarm_verification_failures_total", reason="sha256", source="mirror"
+        )
+        == 0
+    )
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    result = pacman.run("-S", "bigpkg")
+    assert result.returncode == 0, result.stdout + node.log()
+    node.wait_cached(pkg.filename)
+    after = scrape(node)
+    assert (
+        value(after, "pacswarm_verification_failures_total", reason="sha256", source="mirror") == 1
+    )
+    # Both mirrors sent the whole file: the bad copy and the good one.
+    assert value(after, "pacswarm_bytes_total", source="mirror", kind="package") == 2 * pkg.size
