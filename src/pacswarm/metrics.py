@@ -33,6 +33,8 @@ DOWNLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 #: Seconds to the first byte from a source: a good one answers in well under a second.
 FIRST_BYTE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 
+#: Source names whose bytes are kept one by one for the status page (peers come and go).
+MAX_SOURCE_NAMES = 256
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -104,6 +106,8 @@ class Metrics:
     def __init__(self, traffic: Traffic | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.traffic = traffic or Traffic()
+        #: Bytes received by source name since start ("which peer gave us what"); bounded.
+        self.by_source: dict[str, int] = {}
         r = self.registry
         self.requests = Counter(
             "pacswarm_requests", "HTTP requests from pacman, by kind of file", ["kind"], registry=r
@@ -167,6 +171,8 @@ class Metrics:
     def received(self, source: str, size: int) -> None:
         """``size`` bytes of a package arrived from ``source`` (a source's name)."""
         kind = source_kind(source)
+        if source in self.by_source or len(self.by_source) < MAX_SOURCE_NAMES:
+            self.by_source[source] = self.by_source.get(source, 0) + size
         self.bytes.labels(kind, "package").inc(size)
         self.traffic.add(kind, size)
 

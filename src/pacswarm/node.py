@@ -30,12 +30,12 @@ from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipfs.service import IpfsService
 from pacswarm.ipns.service import IpnsService
-from pacswarm.metrics import Gauges, Metrics
+from pacswarm.metrics import Metrics
 from pacswarm.mirrorlist import parse_mirrorlist, read_mirrorlist, usable_mirrors
 from pacswarm.proxy import Proxy
 from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import FileKind, RequestPath
-from pacswarm.serve_status import TRAFFIC_FILE, Observe, load_traffic
+from pacswarm.serve_status import TRAFFIC_FILE, Observe, gauges_of, load_traffic, snapshot_of
 from pacswarm.store import Store
 from pacswarm.swarm.blocks import PeerBlocks
 from pacswarm.swarm.duties import Duties
@@ -102,7 +102,7 @@ class Node:
         self.events = NodeEvents()
         self.store = Store(config.data_dir)
         self.metrics = Metrics(load_traffic(config.data_dir / TRAFFIC_FILE))
-        self.observe = Observe(self.metrics, self.store)
+        self.observe = Observe(self.metrics, self.store, lambda: snapshot_of(self))
         self.upstream = Upstream(mirrors, config)
         self.dbs = RepoDbs(self.store, self.upstream, config)
         self.peer_health = PeerHealth(config.mirror_penalty)
@@ -127,7 +127,7 @@ class Node:
             publish_now=self.ipns.publish_now,
             metrics=self.metrics,
         )
-        self.metrics.watch(self.gauges)
+        self.metrics.watch(lambda: gauges_of(self))
         peer_blocks = PeerBlocks(self.swarm.gateway_urls, self.peer_session, self._bitswap_block)
         self.ipfs = IpfsService(
             config,
@@ -151,20 +151,6 @@ class Node:
         self.dbs.on_index = self.swarm.on_db_updated
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-
-    def gauges(self) -> Gauges:
-        """The node's state for a metrics scrape (cheap: a SQL count and in-memory figures)."""
-        cached = self.store.cached()  # served only between start and stop: the store is open
-        swarm = self.swarm
-        return Gauges(
-            peers=len(swarm.members),
-            strikes=sum(swarm.reputation.struck().values()),
-            cache_bytes=sum(p.size for p in cached),
-            cache_packages=len(cached),
-            announcements=len(swarm.cache) if swarm.cache is not None else 0,
-            gossip_received=swarm.gossip.received,
-            gossip_dropped=sum(swarm.gossip.refused.values()),
-        )
 
     def _publish(self, committed: Committed) -> None:
         self.ipfs.publish(committed.rp, committed.path)

@@ -237,6 +237,10 @@ class Downloader:
         self._active: dict[tuple[str, str, str], Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def running(self) -> list[Download]:
+        """The downloads in flight (the status page shows their progress)."""
+        return list(self._active.values())
+
     def active(self, rp: RequestPath) -> Download | None:
         return self._active.get((rp.repo, rp.arch, rp.filename))
 
