@@ -178,7 +178,7 @@ def render_text(model: dict[str, Any]) -> str:
     """The terminal summary (``pacswarm status``), from the JSON model."""
     cache = model["cache"]
     lines = ["bytes served    today        total        (bytes)"]
-    lines += [f"  {a:<12}  {b:>11}  {c:>11}  {d}" for a, b, c, d in summary_rows(model)]
+    lines += [f"  {a:<12}  {b:>11}  {c:>11}  {d}".rstrip() for a, b, c, d in summary_rows(model)]
     lines.append(
         f"cache: {human_bytes(cache['bytes'])} in {cache['packages']} packages "
         f"(cap: {cap_text(cache['cap'])})"

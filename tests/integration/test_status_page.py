@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,34 @@ def test_status_page_renders_the_figures_of_a_node_that_served_pacman(
     model = json.loads(body)
     assert model["traffic"]["total"] == {"cache": from_cache, "peer": 0, "mirror": size}
     assert model["cache"]["packages"] == 1
+
+    # `pacswarm status` prints the same figures in the terminal.
+    out = _status_command(node)
+    assert out.returncode == 0, out.stderr
+    assert re.search(rf"^  mirror .* {size}$", out.stdout, re.M), out.stdout
+    assert re.search(rf"^  cache .* {from_cache}$", out.stdout, re.M), out.stdout
+    assert re.search(rf"^  saved +{saved} +{saved}", out.stdout, re.M), out.stdout
+    assert "in 1 packages (cap: no cap)" in out.stdout
+    assert f"  {mirror.url_template}: ok" in out.stdout
+    assert "  core/x86_64: " in out.stdout
+
+
+def _status_command(node: PacswarmNode) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pacswarm", "status", "--listen", f"127.0.0.1:{node.port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_status_command_without_a_node_says_what_to_do(tmp_path: Path) -> None:
+    node = PacswarmNode(tmp_path / "absent", [], tmp_path)  # never started: nobody listens
+    out = _status_command(node)
+    assert out.returncode == 2
+    assert "no pacswarm node answers at http://127.0.0.1:" in out.stderr
+    assert "pacswarm serve" in out.stderr and not out.stdout
 
 
 def test_index_links_to_the_status_page(mirror: MirrorServer, make_node: NodeFactory) -> None:
