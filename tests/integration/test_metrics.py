@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import NodeFactory, PacmanFactory
+from tests.support.cluster import Cluster, refuse_packages, wait_known
 from tests.support.mirror import MirrorServer
 from tests.support.node import PacswarmNode
 from tests.support.testrepo import TestRepo
@@ -101,3 +103,35 @@ def test_a_lying_mirror_is_counted_as_a_verification_failure(
     )
     # Both mirrors sent the whole file: the bad copy and the good one.
     assert value(after, "pacswarm_bytes_total", source="mirror", kind="package") == 2 * pkg.size
+
+
+def test_bytes_from_a_peer_and_the_swarm_figures(
+    test_repo: TestRepo, mirror: MirrorServer, cluster: Cluster
+) -> None:
+    """b gets libgreet from a (the mirror refuses packages): counted as peer bytes, and b
+    reports its peer, the gossip it received and the announcements it holds."""
+    pkg = test_repo.packages["libgreet"]
+    a = cluster.add("a")
+    b = cluster.add("b")  # bootstraps to a
+    a.install("libgreet")
+    refuse_packages(mirror)
+    b.sync()
+    wait_known(b, [pkg.sha256], holder=a.peer_id)
+    b.install("libgreet", sync=False)
+    b.wait_cached(pkg.filename)
+    got = scrape(b)
+    assert value(got, "pacswarm_bytes_total", source="peer", kind="package") == pkg.size
+    assert value(got, "pacswarm_bytes_total", source="mirror", kind="package") == 0
+    assert value(got, "pacswarm_peers") == 1
+    assert value(got, "pacswarm_announcement_entries") >= 1
+    assert value(got, "pacswarm_gossip_messages_total") >= 1
+    assert value(got, "pacswarm_gossip_dropped_total") == 0
+    assert value(got, "pacswarm_strikes_total") == 0
+    # The status JSON names the peer, and which source gave what.
+    status, _, body = b.get("/status.json")
+    assert status == 200
+    model = json.loads(body)
+    assert [p["id"] for p in model["peers"]] == [a.peer_id]
+    assert [n for n in model["sources"] if n.startswith("peer ")], model["sources"]
+    assert sum(model["sources"].values()) == pkg.size
+    assert model["traffic"]["total"]["peer"] == pkg.size
