@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,34 @@ def test_traffic_figures_survive_a_restart(
     status, _, body = node.get("/status.json")
     assert status == 200
     assert json.loads(body)["traffic"]["total"] == {"cache": from_cache, "peer": 0, "mirror": size}
+
+
+def test_a_download_in_flight_shows_its_progress(
+    test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory
+) -> None:
+    pkg = test_repo.packages["largepkg"]
+    node = make_node([mirror.url_template])
+    assert node.get(f"/{pkg.repo}/os/x86_64/{pkg.repo}.db")[0] == 200
+    mirror.set_fault("throttle", pkg.filename, rate=max(pkg.size // 8, 64 * 1024))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fetch = pool.submit(node.get, f"/{pkg.repo}/os/x86_64/{pkg.filename}", None, 120)
+        seen = _poll_download(node, pkg.filename)
+        assert seen["sources"] == [mirror.url_template]
+        assert 0 < seen["written"] < seen["size"] == pkg.size
+        out = _status_command(node)
+        assert "downloads in flight: 1" in out.stdout, out.stdout + out.stderr
+        assert f"  {pkg.filename}: " in out.stdout
+        assert fetch.result(timeout=120)[0] == 200
+    node.wait_cached(pkg.filename)  # the last byte goes out just before the commit
+    assert json.loads(node.get("/status.json")[2])["downloads"] == []
+
+
+def _poll_download(node: PacswarmNode, filename: str, timeout: float = 60) -> dict[str, object]:
+    """The download of ``filename`` as /status.json shows it, once some bytes came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in json.loads(node.get("/status.json")[2])["downloads"]:
+            if d["filename"] == filename and d["written"] > 0:
+                return d
+        time.sleep(0.05)
+    raise AssertionError(f"no download of {filename} in flight within {timeout} s\n{node.log()}")
