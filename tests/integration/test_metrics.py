@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import NodeFactory, PacmanFactory
 from tests.support.cluster import Cluster, refuse_packages, wait_known
+from tests.support.dbedit import strip_pgpsig_everywhere
 from tests.support.mirror import MirrorServer
 from tests.support.node import PacswarmNode
 from tests.support.testrepo import TestRepo
@@ -135,3 +136,23 @@ def test_bytes_from_a_peer_and_the_swarm_figures(
     assert [n for n in model["sources"] if n.startswith("peer ")], model["sources"]
     assert sum(model["sources"].values()) == pkg.size
     assert model["traffic"]["total"]["peer"] == pkg.size
+
+
+def test_a_signature_no_key_trusts_is_counted_and_nothing_cached(
+    test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory, make_pacman: PacmanFactory
+) -> None:
+    # The db carries no %PGPSIG%: the mirror's .sig is the signature, and a stranger made it.
+    strip_pgpsig_everywhere(mirror.root)
+    test_repo.resign(mirror.root, "libgreet", key="rogue", update_db=False)
+    node = make_node([mirror.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    assert pacman.run("-S", "libgreet").returncode != 0
+    got = scrape(node)
+    assert (
+        value(got, "pacswarm_verification_failures_total", reason="signature", source="mirror") >= 1
+    )
+    assert value(got, "pacswarm_verification_failures_total", reason="sha256", source="mirror") == 0
+    assert value(got, "pacswarm_download_seconds_count", outcome="failed") >= 1
+    assert value(got, "pacswarm_download_seconds_count", outcome="verified") == 0
+    assert value(got, "pacswarm_cache_packages") == 0
