@@ -35,7 +35,6 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from pacswarm.config import Config
 from pacswarm.errors import (
@@ -46,6 +45,7 @@ from pacswarm.errors import (
 )
 from pacswarm.fetch.admit import Admission, BadBytes, Signed, StreamingCheck
 from pacswarm.fetch.mirrors import final_status
+from pacswarm.fetch.observer import DownloadObserver, Unobserved
 from pacswarm.fetch.plan import Scope, SourcePlan
 from pacswarm.fetch.resume import Cut, CutTransfers, digest_range
 from pacswarm.fetch.source import Source, SourceFault, Want
@@ -63,38 +63,6 @@ READ_CHUNK = 256 * 1024
 WATCHDOG_TICK = 0.25
 #: Free space kept on the cache filesystem beyond a download's size (the db, SQLite, logs).
 DISK_RESERVE = 64 * 1024 * 1024
-
-
-class DownloadObserver(Protocol):
-    """Who counts what the downloads do (the node's metrics); called on the event loop."""
-
-    def received(self, source: str, size: int) -> None:
-        """``size`` bytes arrived from the source named ``source``."""
-
-    def first_byte(self, seconds: float) -> None:
-        """A download's first byte came ``seconds`` after it started."""
-
-    def finished(self, seconds: float, ok: bool) -> None:
-        """A download ended after ``seconds``: cached (``ok``) or failed."""
-
-    def verification_failed(self, reason: str, sources: Sequence[str]) -> None:
-        """Bytes (``"sha256"``) or a signature (``"signature"``) were refused."""
-
-
-class _Unobserved:
-    """The observer of a downloader nobody watches (tools, tests of the pipeline)."""
-
-    def received(self, source: str, size: int) -> None:
-        pass
-
-    def first_byte(self, seconds: float) -> None:
-        pass
-
-    def finished(self, seconds: float, ok: bool) -> None:
-        pass
-
-    def verification_failed(self, reason: str, sources: Sequence[str]) -> None:
-        pass
 
 
 class State(enum.Enum):
@@ -228,7 +196,7 @@ class Downloader:
         config: Config,
         observer: DownloadObserver | None = None,
     ) -> None:
-        self.observer: DownloadObserver = observer or _Unobserved()
+        self.observer: DownloadObserver = observer or Unobserved()
         self.store = store
         self.plan = plan
         self.admission = admission
@@ -575,4 +543,4 @@ async def _as_faults(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise SourceFault(f"{type(e).__name__}: {e}") from None
 
 
-__all__ = ["HOLDBACK", "Download", "DownloadFailed", "DownloadObserver", "Downloader"]
+__all__ = ["HOLDBACK", "Download", "DownloadFailed", "Downloader"]
