@@ -104,11 +104,13 @@ def test_status_page_renders_the_figures_of_a_node_that_served_pacman(
     assert "in 1 packages (cap: no cap)" in out.stdout
     assert f"  {mirror.url_template}: ok" in out.stdout
     assert "  core/x86_64: " in out.stdout
+    raw = _status_command(node, "--json")
+    assert json.loads(raw.stdout)["traffic"]["total"] == model["traffic"]["total"]
 
 
-def _status_command(node: PacswarmNode) -> subprocess.CompletedProcess[str]:
+def _status_command(node: PacswarmNode, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pacswarm", "status", "--listen", f"127.0.0.1:{node.port}"],
+        [sys.executable, "-m", "pacswarm", "status", "--listen", f"127.0.0.1:{node.port}", *flags],
         capture_output=True,
         text=True,
         timeout=60,
