@@ -73,8 +73,9 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         g = self.snapshot()
         yield GaugeMetricFamily("pacswarm_peers", "Swarm members connected now", g.peers)
-        yield CounterMetricFamily(
-            "pacswarm_strikes", "Strikes counted against peers still remembered", g.strikes
+        # A gauge: the reputation forgets long-quiet peers, and their strikes with them.
+        yield GaugeMetricFamily(
+            "pacswarm_strikes", "Strikes counted against the peers remembered", g.strikes
         )
         yield GaugeMetricFamily(
             "pacswarm_cache_bytes", "Bytes of verified packages cached", g.cache_bytes

@@ -109,7 +109,7 @@ def gauges_of(node: Node) -> Gauges:
         cache_packages=len(cached),
         announcements=len(swarm.cache) if swarm.cache is not None else 0,
         gossip_received=swarm.gossip.received,
-        gossip_dropped=sum(swarm.gossip.refused.values()),
+        gossip_dropped=swarm.gossip.dropped,
     )
 
 
