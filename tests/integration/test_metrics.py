@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import NodeFactory, PacmanFactory
 from tests.support.cluster import Cluster, refuse_packages, wait_known
 from tests.support.dbedit import strip_pgpsig_everywhere
+from tests.support.hostile import HostileNode
 from tests.support.mirror import MirrorServer
 from tests.support.node import PacswarmNode
 from tests.support.testrepo import TestRepo
@@ -169,3 +170,23 @@ def test_a_signature_no_key_trusts_is_counted_and_nothing_cached(
     assert value(got, "pacswarm_download_seconds_count", outcome="failed") >= 1
     assert value(got, "pacswarm_download_seconds_count", outcome="verified") == 0
     assert value(got, "pacswarm_cache_packages") == 0
+
+
+def test_gossip_garbage_is_counted_as_dropped(
+    tmp_path: Path, mirror: MirrorServer, cluster: Cluster
+) -> None:
+    """A peer that publishes random bytes on the repos' topics: every message is dropped."""
+    a = cluster.add("a")
+    a.sync()  # a joins the repos' topics once it holds their dbs
+    dbs = []
+    for repo in ("core", "extra"):
+        dbs += ["--db", f"{repo}:x86_64:{mirror.root / repo / 'os/x86_64' / f'{repo}.db'}"]
+    boot = ["--bootstrap", a.addr]
+    hostile = HostileNode(tmp_path / "garbage", [*boot, *dbs, "--garbage-rate", "20"]).start()
+    try:
+        got = _scrape_until(a, "pacswarm_gossip_dropped_total", timeout=60)
+    finally:
+        hostile.stop()
+    dropped = value(got, "pacswarm_gossip_dropped_total")
+    assert dropped >= 1, a.log()
+    assert value(got, "pacswarm_gossip_messages_total") >= dropped
