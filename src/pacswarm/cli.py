@@ -1,4 +1,4 @@
-"""The ``pacswarm`` command: init, serve, verify, id, publish, gc, reset-db, cid.
+"""The ``pacswarm`` command: init, serve, verify, id, publish, gc, status, reset-db, cid.
 
 Errors the user can fix (:class:`~pacswarm.errors.PacswarmError`) are printed as one line with
 what to do next, and exit 2; ``verify`` exits 1 for a package that fails.
@@ -26,6 +26,7 @@ from pacswarm.ipfs.unixfs import import_stream
 from pacswarm.ipns.record import ipns_name, name_multihash
 from pacswarm.node import initialise, resolve_mirrors, serve
 from pacswarm.proxy import COMMAND_HEADER
+from pacswarm.status import render_text
 from pacswarm.verify import verify_signature
 
 log = logging.getLogger("pacswarm")
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--config", type=Path, help="TOML config file (listen, data_dir, the rules)")
     gc.add_argument("--listen", metavar="HOST:PORT", help="the node's address (127.0.0.1:7878)")
     gc.add_argument("--data-dir", type=Path, help="node state, used when no node is running")
+    stat = sub.add_parser("status", help="print the running node's status (its /status.json)")
+    stat.add_argument("--config", type=Path, help="TOML config file (for listen)")
+    stat.add_argument("--listen", metavar="HOST:PORT", help="the node's address (127.0.0.1:7878)")
+    stat.add_argument("--json", action="store_true", help="print the JSON as the node sends it")
     reset = sub.add_parser(
         "reset-db",
         help="drop the held copies of repo dbs (all, or each REPO): the next -Sy fetches anew",
@@ -241,6 +246,33 @@ def cmd_gc(config: Config, dry_run: bool) -> int:
     return 0
 
 
+def cmd_status(config: Config, raw: bool) -> int:
+    """The status page's summary in the terminal, from the running node's ``/status.json``."""
+    url = _local_url(config, "/status.json")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+    try:
+        with opener.open(url, timeout=30) as response:
+            body = response.read()
+    except urllib.error.HTTPError as e:
+        raise PacswarmError(f"the node at {url} answered {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise PacswarmError(
+            f"no pacswarm node answers at {url} ({reason}); start it with `pacswarm serve` "
+            "(or `systemctl start pacswarm`), or pass the --listen/--config it runs with"
+        ) from None
+    try:
+        model = json.loads(body)
+        text = body.decode() if raw else render_text(model)
+    except (ValueError, KeyError, TypeError) as e:
+        raise PacswarmError(
+            f"{url} did not send a pacswarm status ({type(e).__name__}: {e}); "
+            "is it a pacswarm node of this version?"
+        ) from None
+    print(text, end="")
+    return 0
+
+
 def cmd_reset_db(config: Config, repos: list[str]) -> int:
     """Forget the held dbs (and with them the rollback floor): the operator's way out when a
     bad db is held. Works whether the node runs or not; nothing else is touched."""
@@ -288,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_publish(config)
         if args.command == "gc":
             return cmd_gc(config, args.dry_run)
+        if args.command == "status":
+            return cmd_status(config, args.json)
         if args.command == "reset-db":
             return cmd_reset_db(config, args.repos)
         return cmd_verify(config, args.package, args.sig)

@@ -31,10 +31,12 @@ from pacswarm.ipfs.cid import CID
 from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipfs.service import IpfsService
 from pacswarm.ipns.service import IpnsService
+from pacswarm.metrics import Metrics
 from pacswarm.mirrorlist import parse_mirrorlist, read_mirrorlist, usable_mirrors
 from pacswarm.proxy import Proxy
 from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import FileKind, RequestPath
+from pacswarm.serve_status import TRAFFIC_FILE, Observe, gauges_of, load_traffic, snapshot_of
 from pacswarm.store import Store
 from pacswarm.swarm.blocks import PeerBlocks
 from pacswarm.swarm.duties import Duties
@@ -100,6 +102,8 @@ class Node:
         self.config = config
         self.events = NodeEvents()
         self.store = Store(config.data_dir)
+        self.metrics = Metrics(load_traffic(config.data_dir / TRAFFIC_FILE))
+        self.observe = Observe(self.metrics, self.store, lambda: snapshot_of(self))
         self.upstream = Upstream(mirrors, config)
         self.dbs = RepoDbs(self.store, self.upstream, config)
         self.peer_health = PeerHealth(config.mirror_penalty)
@@ -113,7 +117,7 @@ class Node:
             peers_ready=self.swarm.ready,
         )
         admission = Admission(self.store, self.upstream, GpgVerifier(config.gpgdir), self.events)
-        self.downloader = Downloader(self.store, plan, admission, config)
+        self.downloader = Downloader(self.store, plan, admission, config, self.metrics)
         self.ipns = IpnsService(config, self.store, self.dbs)
         self.proxy = Proxy(
             self.store,
@@ -123,7 +127,9 @@ class Node:
             config.verify_window,
             publish_now=self.ipns.publish_now,
             gc_now=self.gc_now,
+            metrics=self.metrics,
         )
+        self.metrics.watch(lambda: gauges_of(self))
         peer_blocks = PeerBlocks(self.swarm.gateway_urls, self.peer_session, self._bitswap_block)
         self.ipfs = IpfsService(
             config,
@@ -198,6 +204,7 @@ class Node:
     def app(self) -> web.Application:
         # Requests larger than this are not pacman's; aiohttp answers 400/431 for them.
         app = web.Application(client_max_size=64 * 1024, handler_args={"max_field_size": 8190})
+        app.add_routes(self.observe.routes())
         app.add_routes(self.proxy.routes())
         return app
 
@@ -247,6 +254,7 @@ class Node:
             RequestPath(p.repo, p.arch, p.filename, FileKind.PACKAGE) for p in self.store.cached()
         ]
         self._background(self._import_then_publish(cached))
+        self._background(self.observe.keep_saved())
 
     async def _import_then_publish(self, cached: list[RequestPath]) -> None:
         await self.ipfs.import_existing(cached)
@@ -272,6 +280,7 @@ class Node:
         self.swarm.close()
         await self.close_peer_session()
         await self.upstream.close()
+        self.observe.save()
         self.store.close()
 
 

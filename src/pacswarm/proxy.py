@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import ipaddress
 import logging
 import time
@@ -32,6 +33,7 @@ from pacswarm.errors import NoSpaceError, PacswarmError, UpstreamError
 from pacswarm.fetch.download import Download, Downloader, DownloadFailed
 from pacswarm.fetch.source import Want
 from pacswarm.httprange import RangeNotSatisfiable, parse_range
+from pacswarm.metrics import Metrics
 from pacswarm.passthrough import pass_through
 from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import BadPath, FileKind, RequestPath, parse_request_path
@@ -66,10 +68,13 @@ class Proxy:
         *,
         publish_now: PublishNow | None = None,
         gc_now: GcNow | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         #: ``pacswarm gc [--dry-run]``: run the eviction policy now; returns its result.
         self.gc_now = gc_now
+        #: Hits, misses and bytes sent from the cache (the node's ``/metrics``).
+        self.metrics = metrics or Metrics()
         #: ``pacswarm publish``: build the folder and publish it now; returns
         #: ``{"name": ..., "root": ..., "sequence": ...}``. None: the node does not publish.
         self.publish_now = publish_now
@@ -108,9 +113,14 @@ class Proxy:
         return web.json_response(result)
 
     async def index(self, request: web.Request) -> web.Response:
+        """How to use this node, and the way to its status page (a browser's first stop)."""
+        server = html.escape(f"Server = http://{request.host}/$repo/os/$arch")
         return web.Response(
-            text="pacswarm: point pacman here with\n"
-            f"  Server = http://{request.host}/$repo/os/$arch\n"
+            text="<!doctype html><meta charset=utf-8><title>pacswarm</title>"
+            f"<p>pacswarm: point pacman here with</p><pre>{server}</pre>"
+            '<p><a href="/status">Status</a> (<a href="/status.json">JSON</a>, '
+            '<a href="/metrics">metrics</a>)</p>\n',
+            content_type="text/html",
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -119,6 +129,7 @@ class Proxy:
             rp = parse_request_path(info["repo"], info["os"], info["arch"], info["filename"])
         except BadPath as e:
             raise web.HTTPBadRequest(text=f"{e}\n") from None
+        self.metrics.request(rp.kind.value)
         try:
             if rp.kind is FileKind.DB:
                 return await self.serve_db(request, rp)
@@ -198,7 +209,7 @@ class Proxy:
         if cached.is_file():
             if request.method == "GET":
                 self.store.mark_served(rp)  # the cap keeps what pacman still asks for
-            return await self.serve_file(request, cached)
+            return await self.serve_file(request, cached, count="package")
         record = await self.record_for(rp)
         if request.method == "HEAD":
             # Answer from the db: no reason to download a package nobody asked for yet.
@@ -211,6 +222,7 @@ class Proxy:
         except NoSpaceError as e:
             log.error("%s", e)
             raise web.HTTPInsufficientStorage(text=f"pacswarm: {e}\n") from None
+        self.metrics.miss("package")
         return await self.stream(request, dl, arrived + self.verify_window)
 
     async def record_for(self, rp: RequestPath) -> PackageRecord:
@@ -280,7 +292,7 @@ class Proxy:
     async def serve_signature(self, request: web.Request, rp: RequestPath) -> web.StreamResponse:
         cached = self.store.cache_path(rp)
         if cached.is_file():
-            return await self.serve_file(request, cached)
+            return await self.serve_file(request, cached, count="package-sig")
         pkg = RequestPath(rp.repo, rp.arch, rp.package_filename, FileKind.PACKAGE)
         dl = self.downloader.active(pkg)
         if dl is not None and dl.signature:
@@ -290,8 +302,13 @@ class Proxy:
             return web.Response(body=record.pgpsig, content_type=OCTETS)
         return await pass_through(self.upstream, request, rp)
 
-    async def serve_file(self, request: web.Request, path: Path) -> web.StreamResponse:
-        """A cached file by sendfile, with our Range rules (the same as for downloads)."""
+    async def serve_file(
+        self, request: web.Request, path: Path, count: str | None = None
+    ) -> web.StreamResponse:
+        """A cached file by sendfile, with our Range rules (the same as for downloads).
+
+        ``count``: the kind of file, to count as a cache hit (resumes are not counted).
+        """
         try:
             size = path.stat().st_size
             wanted = parse_range(request.headers.get("Range"), size)
@@ -301,6 +318,8 @@ class Proxy:
             ) from None
         except FileNotFoundError:  # evicted or removed between the check and now
             raise web.HTTPNotFound() from None
+        if count is not None and request.method == "GET":
+            self.metrics.hit(count, wanted[1] - wanted[0] if wanted else size)
         if wanted is None and "Range" in request.headers:
             # A Range we ignore (malformed, multi-range, other unit): send the whole file.
             return _WholeFile(path, headers={"Content-Type": OCTETS})

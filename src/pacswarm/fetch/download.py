@@ -37,9 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pacswarm.config import Config
-from pacswarm.errors import NoSpaceError, UpstreamError, VerificationError
+from pacswarm.errors import (
+    NoSpaceError,
+    SignatureUncheckable,
+    UpstreamError,
+    VerificationError,
+)
 from pacswarm.fetch.admit import Admission, BadBytes, Signed, StreamingCheck
 from pacswarm.fetch.mirrors import final_status
+from pacswarm.fetch.observer import DownloadObserver, Unobserved
 from pacswarm.fetch.plan import Scope, SourcePlan
 from pacswarm.fetch.resume import Cut, CutTransfers, digest_range
 from pacswarm.fetch.source import Source, SourceFault, Want
@@ -106,6 +112,8 @@ class Download:
         self.readers: set[_Reader] = set()
         self.recording = False  # the cut records are being taken: readers send nothing
         self.done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        self.started = asyncio.get_running_loop().time()
+        self.got_first_byte = False
         self._changed = asyncio.Event()
 
     @property
@@ -181,8 +189,14 @@ class Downloader:
     """The registry of in-flight downloads, keyed by repo/arch/file."""
 
     def __init__(
-        self, store: Store, plan: SourcePlan, admission: Admission, config: Config
+        self,
+        store: Store,
+        plan: SourcePlan,
+        admission: Admission,
+        config: Config,
+        observer: DownloadObserver | None = None,
     ) -> None:
+        self.observer: DownloadObserver = observer or Unobserved()
         self.store = store
         self.plan = plan
         self.admission = admission
@@ -190,6 +204,10 @@ class Downloader:
         self.cuts = CutTransfers()
         self._active: dict[tuple[str, str, str], Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def running(self) -> list[Download]:
+        """The downloads in flight (the status page shows their progress)."""
+        return list(self._active.values())
 
     def active(self, rp: RequestPath) -> Download | None:
         return self._active.get((rp.repo, rp.arch, rp.filename))
@@ -246,6 +264,8 @@ class Downloader:
                 await self.plan.ready(dl.want)
             signed = await self._until_admitted(dl, sig_task)
         except (UpstreamError, VerificationError, OSError) as e:
+            if isinstance(e, VerificationError):
+                self._count_refusal(dl, e)
             await self._fail(dl, str(e))
             return
         except asyncio.CancelledError:
@@ -259,6 +279,14 @@ class Downloader:
             if not sig_task.done():
                 sig_task.cancel()
         await self._commit(dl, signed)
+
+    def _count_refusal(self, dl: Download, e: VerificationError) -> None:
+        """A signature refused: the db's or a mirror's ``.sig``; our own gpg failing blames none."""
+        if isinstance(e, SignatureUncheckable):
+            self.observer.verification_failed("uncheckable", [])
+            return
+        provider = dl.first.provider if dl.first is not None else None
+        self.observer.verification_failed("signature", [provider or "db"])
 
     async def _first_signature(self, dl: Download) -> Signed | None:
         """Get the first signature while the bytes come, and start gpg on them."""
@@ -307,6 +335,7 @@ class Downloader:
                     dl.want, dl.sha.hexdigest(), dl.path, first, check, dl.sources
                 )
             except BadBytes as e:
+                self.observer.verification_failed("sha256", dl.sources)
                 # Only a file from one source proves that source lied (a strike, for a peer):
                 # a liar that truncates must not get the honest source that continued struck.
                 alone = len(dl.sources) == 1
@@ -381,6 +410,7 @@ class Downloader:
         dl.path = dest  # same loop step as the rename: readers opening now find the file
         del self._active[dl.want.key]  # a new request now hits the cache
         dl.done.set_result(dest)
+        self.observer.finished(asyncio.get_running_loop().time() - dl.started, True)
 
     async def _fail(self, dl: Download, reason: str) -> None:
         dl.error = reason
@@ -394,6 +424,7 @@ class Downloader:
             os.close(dl.fd)
         dl.path.unlink(missing_ok=True)
         log.error("download of %s failed, not cached: %s", dl.rp, reason)
+        self.observer.finished(asyncio.get_running_loop().time() - dl.started, False)
         if not dl.done.done():
             dl.done.set_exception(DownloadFailed(reason))
             dl.done.exception()
@@ -470,7 +501,11 @@ class Downloader:
             async for chunk in stream:
                 if chunk and source.name not in dl.sources:
                     dl.sources.append(source.name)
+                if chunk and not dl.got_first_byte:
+                    dl.got_first_byte = True
+                    self.observer.first_byte(asyncio.get_running_loop().time() - dl.started)
                 remaining = dl.size - dl.written
+                self.observer.received(source.name, min(len(chunk), remaining))
                 if len(chunk) > remaining:
                     # Endless data or the wrong file: never take more than the db's size.
                     self._append(dl, chunk[:remaining])

@@ -96,6 +96,8 @@ class Gossip:
         self._on_news = on_news
         self.rates = RateTable()
         self.refused: dict[str, int] = {}
+        self.received = 0  # messages that reached validate (metrics)
+        self.dropped = 0  # of which refused (metrics; ``refused`` has them by peer)
         self._refused_lock = threading.Lock()
         self._queue: dict[tuple[str, str], list[Entry]] = {}
         self._flush: asyncio.Task[None] | None = None
@@ -107,6 +109,8 @@ class Gossip:
     def validate(self, peer: str, data: bytes) -> bool:
         """Before forwarding: well-formed and within the sender's rate (libp2p thread)."""
         reason = None
+        with self._refused_lock:
+            self.received += 1
         if len(data) > MAX_MESSAGE:
             reason = "oversized"
         elif not self.rates.allow(peer, self._clock()):
@@ -120,6 +124,7 @@ class Gossip:
             return True
         with self._refused_lock:
             self.refused[peer] = self.refused.get(peer, 0) + 1
+            self.dropped += 1
             count = self.refused[peer]
         if count in (1, 10, 100, 1000) or count % 10000 == 0:
             log.warning(
