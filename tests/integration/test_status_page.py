@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pacswarm.config import load_config
+from pacswarm.status import human_bytes
 from tests.integration.conftest import NodeFactory, PacmanFactory
 from tests.support.browser import chromium, render
 from tests.support.mirror import MirrorServer
@@ -81,8 +83,10 @@ def test_status_page_renders_the_figures_of_a_node_that_served_pacman(
     assert _bytes_row(dom, "peer") == 0
     saved = f"{from_cache / (from_cache + size) * 100:.0f}%"
     assert f"<td>saved</td><td>{saved}</td><td>{saved}</td>" in dom, dom
-    # The cache holds the package; no cap is configured on this branch's config.
-    assert re.search(r"<td>[\d.]+ KiB</td><td>1</td><td>no cap</td>", dom), dom
+    # The cache holds the package, against the default cap resolved for this filesystem.
+    config = load_config(node.config)
+    cap = human_bytes(config.cache_max_size.resolve(shutil.disk_usage(node.data_dir).total))
+    assert re.search(rf"<td>[\d.]+ KiB</td><td>1</td><td>{re.escape(cap)}</td>", dom), dom
     assert mirror.url_template in dom and "<td>ok</td>" in dom
     assert "<td>core/x86_64</td>" in dom
     # The chart drew this hour's bytes from both sources (the browser parsed the SVG).
@@ -101,7 +105,7 @@ def test_status_page_renders_the_figures_of_a_node_that_served_pacman(
     assert re.search(rf"^  mirror .* {size}$", out.stdout, re.M), out.stdout
     assert re.search(rf"^  cache .* {from_cache}$", out.stdout, re.M), out.stdout
     assert re.search(rf"^  saved +{saved} +{saved}", out.stdout, re.M), out.stdout
-    assert "in 1 packages (cap: no cap)" in out.stdout
+    assert f"in 1 packages (cap: {cap})" in out.stdout
     assert f"  {mirror.url_template}: ok" in out.stdout
     assert "  core/x86_64: " in out.stdout
     raw = _status_command(node, "--json")
