@@ -186,25 +186,19 @@ def _local_url(config: Config, path: str) -> str:
     return f"http://{host}:{config.listen_port}{path}"
 
 
+def _no_node(config: Config, path: str) -> PacswarmError:
+    return PacswarmError(
+        f"no pacswarm node answers at {_local_url(config, path)}; start it with "
+        "`pacswarm serve` (or `systemctl start pacswarm`), or pass the --listen/--config it "
+        "runs with"
+    )
+
+
 def cmd_publish(config: Config) -> int:
     """Ask the running node (``POST /api/publish``) to publish its folders now."""
-    url = _local_url(config, "/api/publish")
-    request = urllib.request.Request(
-        url, data=b"", method="POST", headers={COMMAND_HEADER: "publish"}
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
-    try:
-        with opener.open(request, timeout=120) as response:
-            result = json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        detail = e.read().decode("utf-8", errors="replace").strip()
-        raise PacswarmError(f"the node at {url} refused to publish: {detail or e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise PacswarmError(
-            f"no pacswarm node answers at {url} ({reason}); start it with `pacswarm serve` "
-            "(or `systemctl start pacswarm`), or pass the --listen/--config it runs with"
-        ) from None
+    result = _ask_node(config, "/api/publish", "publish")
+    if result is None:
+        raise _no_node(config, "/api/publish")
     print(f"published /ipns/{result['name']}")
     print(f"  root: /ipfs/{result['root']}")
     print(f"  sequence: {result['sequence']}")
@@ -255,12 +249,8 @@ def cmd_status(config: Config, raw: bool) -> int:
             body = response.read()
     except urllib.error.HTTPError as e:
         raise PacswarmError(f"the node at {url} answered {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise PacswarmError(
-            f"no pacswarm node answers at {url} ({reason}); start it with `pacswarm serve` "
-            "(or `systemctl start pacswarm`), or pass the --listen/--config it runs with"
-        ) from None
+    except (urllib.error.URLError, OSError):
+        raise _no_node(config, "/status.json") from None
     try:
         model = json.loads(body)
         text = body.decode() if raw else render_text(model)
