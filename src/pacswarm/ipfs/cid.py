@@ -16,7 +16,6 @@ DAG_PB = 0x70
 SHA2_256 = 0x12
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX = {c: i for i, c in enumerate(_B58)}
 
 
 class CIDError(ValueError):
@@ -47,23 +46,34 @@ def decode_varint(data: bytes | memoryview, pos: int = 0) -> tuple[int, int]:
     raise CIDError("truncated or overlong varint")
 
 
-def b58encode(data: bytes) -> str:
-    n = int.from_bytes(data, "big")
+def encode_base(data: bytes, alphabet: str) -> str:
+    """Big-endian base-N (multibase's base58btc, base36): leading zero bytes as ``alphabet[0]``."""
+    n, base = int.from_bytes(data, "big"), len(alphabet)
     out = ""
     while n:
-        n, r = divmod(n, 58)
-        out = _B58[r] + out
-    return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
+        n, r = divmod(n, base)
+        out = alphabet[r] + out
+    return alphabet[0] * (len(data) - len(data.lstrip(b"\0"))) + out
+
+
+def decode_base(text: str, alphabet: str) -> bytes:
+    """The inverse of :func:`encode_base`; :class:`CIDError` names a bad character."""
+    n, base = 0, len(alphabet)
+    for c in text:
+        digit = alphabet.find(c)
+        if digit < 0:
+            raise CIDError(f"invalid base{base} character {c!r}")
+        n = n * base + digit
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return b"\0" * (len(text) - len(text.lstrip(alphabet[0]))) + body
+
+
+def b58encode(data: bytes) -> str:
+    return encode_base(data, _B58)
 
 
 def b58decode(text: str) -> bytes:
-    n = 0
-    for c in text:
-        if c not in _B58_INDEX:
-            raise CIDError(f"invalid base58 character {c!r}")
-        n = n * 58 + _B58_INDEX[c]
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return b"\0" * (len(text) - len(text.lstrip("1"))) + body
+    return decode_base(text, _B58)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from libp2p.crypto.serialization import deserialize_public_key
 from libp2p.peer.id import ID
 
 from pacswarm.errors import PacswarmError
-from pacswarm.ipfs.cid import CIDError, decode_varint, encode_varint
+from pacswarm.ipfs.cid import CIDError, decode_base, decode_varint, encode_base, encode_varint
 from pacswarm.ipns import cbor
 
 MAX_RECORD_SIZE = 10 * 1024
@@ -296,36 +296,19 @@ def name_multihash(public_key: PublicKey) -> bytes:
     return ID.from_pubkey(public_key).to_bytes()
 
 
-def _b36encode(data: bytes) -> str:
-    n = int.from_bytes(data, "big")
-    out = ""
-    while n:
-        n, r = divmod(n, 36)
-        out = _B36[r] + out
-    return "0" * (len(data) - len(data.lstrip(b"\0"))) + out
-
-
-def _b36decode(text: str) -> bytes:
-    n = 0
-    for c in text:
-        digit = _B36.find(c)
-        if digit < 0:
-            raise IpnsRecordError(f"invalid base36 character {c!r} in IPNS name")
-        n = n * 36 + digit
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return b"\0" * (len(text) - len(text.lstrip("0"))) + body
-
-
 def ipns_name(multihash: bytes) -> str:
     """``k51qzi5uqu5...``: CIDv1, codec libp2p-key (0x72), base36 lowercase (prefix ``k``)."""
-    return "k" + _b36encode(encode_varint(1) + encode_varint(LIBP2P_KEY) + multihash)
+    return "k" + encode_base(encode_varint(1) + encode_varint(LIBP2P_KEY) + multihash, _B36)
 
 
 def parse_ipns_name(name: str) -> bytes:
     """The multihash inside a ``k...`` IPNS name (the inverse of :func:`ipns_name`)."""
     if not name.startswith("k"):
         raise IpnsRecordError(f"IPNS name {name!r} is not base36 (should start with k)")
-    raw = _b36decode(name[1:].lower())
+    try:
+        raw = decode_base(name[1:].lower(), _B36)
+    except CIDError as e:
+        raise IpnsRecordError(f"{e} in IPNS name") from None
     try:
         version, pos = decode_varint(raw, 0)
         codec, pos = decode_varint(raw, pos)

@@ -57,6 +57,8 @@ class IpnsService:
         self._next_root: CID | None = None
         self._publishing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._reading: set[tuple[str, str]] = set()  # repos whose db files are being read
+        self._stale: set[tuple[str, str]] = set()  # ... and changed again meanwhile
 
     @property
     def name(self) -> str:
@@ -118,9 +120,28 @@ class IpnsService:
             self.folders.package_removed(rp.repo, rp.arch, rp.filename)
 
     def on_db_held(self, rp: RequestPath) -> None:
-        """A db file was refreshed: the folder links the held copies."""
-        if self.folders is not None:
-            self._background(self._db_files(rp.repo, rp.arch))
+        """A db file was refreshed: the folder links the held copies.
+
+        One ``pacman -Sy`` refreshes up to four files of a repo; they are read once per
+        burst (a read already running reads again once, for what came in meanwhile).
+        """
+        if self.folders is None:
+            return
+        folder = (rp.repo, rp.arch)
+        if folder in self._reading:
+            self._stale.add(folder)
+        else:
+            self._reading.add(folder)
+            self._background(self._reread(*folder))
+
+    async def _reread(self, repo: str, arch: str) -> None:
+        try:
+            await self._db_files(repo, arch)
+            while (repo, arch) in self._stale:
+                self._stale.discard((repo, arch))
+                await self._db_files(repo, arch)
+        finally:
+            self._reading.discard((repo, arch))
 
     async def _db_files(self, repo: str, arch: str) -> None:
         folder = self.store.db_dir / repo / arch
