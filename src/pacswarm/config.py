@@ -85,6 +85,11 @@ class Config:
     #: frozen (a mirror replaying an old but valid state). Arch updates core daily.
     db_freeze_after: float = 7 * 24 * 3600.0
     log_level: str = "info"
+    #: Decide the common signatures (one v4 RSA/Ed25519 signature, SHA-256/512, by a key the
+    #: keyring fully trusts) in-process from the download's running hash instead of making
+    #: gpg read the package again. It only ever accepts: anything else still goes to gpg,
+    #: whose verdict is final. False: every signature goes to gpg.
+    fast_verify: bool = True
     #: Versions of each package (same repo, arch, name) kept in the cache, newest by vercmp.
     keep_versions: int = 3
     #: Most bytes the package cache holds; least recently served packages go beyond it.
@@ -127,6 +132,7 @@ _TOML_KEYS = {
     "verify_window",
     "db_freeze_after",
     "log_level",
+    "fast_verify",
     "keep_versions",
     "cache_max_size",
     "p2p_listen",
@@ -270,6 +276,10 @@ def _apply(config: Config, values: dict[str, Any], source: str) -> Config:
         "ipns": config.ipns,
     }
     changes.update(apply_tables(current, values, source))
+    if "fast_verify" in values:
+        if not isinstance(values["fast_verify"], bool):
+            raise ConfigError(f"{source}: fast_verify must be true or false")
+        changes["fast_verify"] = values["fast_verify"]
     if "log_level" in values:
         level = str(values["log_level"]).lower()
         if level not in {"debug", "info", "warning", "error"}:

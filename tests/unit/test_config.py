@@ -160,6 +160,7 @@ def test_config_keys_lists_every_toml_key() -> None:
         "connect_timeout",
         "data_dir",
         "db_freeze_after",
+        "fast_verify",
         "gateway_listen",
         "gpgdir",
         "ipns.lifetime",
@@ -418,3 +419,14 @@ def test_cache_max_size_forms(tmp_path: Path, text: str, disk: int, expected: in
 def test_cache_settings_refused_with_a_hint(tmp_path: Path, line: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_config(write(tmp_path, line + "\n"))
+
+
+def test_fast_verify_is_on_by_default_and_takes_only_a_boolean(tmp_path: Path) -> None:
+    """The in-process check is the default; a quoted "false" must not silently mean true."""
+    assert load_config(None).fast_verify is True
+    path = tmp_path / "c.toml"
+    path.write_text("fast_verify = false\n")
+    assert load_config(path).fast_verify is False
+    path.write_text('fast_verify = "false"\n')
+    with pytest.raises(ConfigError, match="fast_verify must be true or false"):
+        load_config(path)
