@@ -158,6 +158,8 @@ class RepoDbs:
         #: Called with each db file newly held (``core.db``, ``core.files``, their ``.sig``):
         #: the repo folders link the current copies.
         self.on_held: list[Callable[[RequestPath], None]] = []
+        #: Called with (mirror, bytes) for each db file a mirror sent whole (the traffic).
+        self.on_received: Callable[[str, int], None] | None = None
 
     def load_held(self) -> None:
         """Index the dbs kept from earlier runs, so a restart works offline straight away."""
@@ -246,6 +248,8 @@ class RepoDbs:
                 temp = self._write_temp(rp, await read_body(resp, MAX_SIGNATURE))
             else:
                 temp = await self._download(resp, rp)
+        if self.on_received is not None:
+            self.on_received(mirror, temp.stat().st_size)
         try:
             await self._accept(mirror, rp, held, temp, modified, now)
         finally:

@@ -33,8 +33,6 @@ DOWNLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 #: Seconds to the first byte from a source: a good one answers in well under a second.
 FIRST_BYTE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 
-#: Source names whose bytes are kept one by one for the status page (peers come and go).
-MAX_SOURCE_NAMES = 256
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -107,8 +105,6 @@ class Metrics:
     def __init__(self, traffic: Traffic | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.traffic = traffic or Traffic()
-        #: Bytes received by source name since start ("which peer gave us what"); bounded.
-        self.by_source: dict[str, int] = {}
         r = self.registry
         self.requests = Counter(
             "pacswarm_requests", "HTTP requests from pacman, by kind of file", ["kind"], registry=r
@@ -169,13 +165,23 @@ class Metrics:
 
     # -- the download path (DownloadObserver) ------------------------------------------------
 
-    def received(self, source: str, size: int) -> None:
-        """``size`` bytes of a package arrived from ``source`` (a source's name)."""
+    def received(self, source: str, size: int, peer_id: str | None) -> None:
+        """``size`` bytes of a package arrived from ``source`` (a source's name), run by the
+        swarm peer ``peer_id`` if it is one."""
         kind = source_kind(source)
-        if source in self.by_source or len(self.by_source) < MAX_SOURCE_NAMES:
-            self.by_source[source] = self.by_source.get(source, 0) + size
         self.bytes.labels(kind, "package").inc(size)
         self.traffic.add(kind, size)
+        if peer_id is not None:
+            self.traffic.gave(self.traffic.peers, peer_id, size)
+        elif kind == "mirror":
+            self.traffic.gave(self.traffic.mirrors, source, size)
+
+    def db_received(self, mirror: str, size: int) -> None:
+        """``size`` bytes of a repo db (or its ``.sig``) arrived from ``mirror``: dbs only
+        ever come from mirrors, and they count in what the mirrors cost."""
+        self.bytes.labels("mirror", "db").inc(size)
+        self.traffic.add("mirror", size)
+        self.traffic.gave(self.traffic.mirrors, mirror, size)
 
     def first_byte(self, seconds: float) -> None:
         self.first_byte_seconds.observe(seconds)

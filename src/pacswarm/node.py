@@ -106,6 +106,7 @@ class Node:
         self.observe = Observe(self.metrics, self.store, lambda: snapshot_of(self))
         self.upstream = Upstream(mirrors, config)
         self.dbs = RepoDbs(self.store, self.upstream, config)
+        self.dbs.on_received = self.metrics.db_received
         self.peer_health = PeerHealth(config.mirror_penalty)
         self._peer_session: aiohttp.ClientSession | None = None
         self.swarm = Swarm(config, self.dbs, self.peer_health, self.peer_session)

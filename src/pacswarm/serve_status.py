@@ -130,7 +130,10 @@ def snapshot_of(node: Node) -> status.Snapshot:
             status.DownloadInfo(d.rp.repo, d.rp.filename, d.written, d.size, tuple(d.sources))
             for d in node.downloader.running()
         ),
-        peers=tuple(status.PeerInfo(p, struck.get(p, 0)) for p in sorted(node.swarm.members)),
+        peers=tuple(
+            status.PeerInfo(p, struck.get(p, 0), node.metrics.traffic.peers.get(p, 0))
+            for p in sorted(node.swarm.members)
+        ),
         mirrors=tuple(
             status.MirrorInfo(
                 url,
@@ -141,7 +144,6 @@ def snapshot_of(node: Node) -> status.Snapshot:
             for url in health.urls
         ),
         dbs=tuple(_held_db(node.store, repo, arch) for repo, arch in node.dbs.indexed()),
-        sources=dict(node.metrics.by_source),
         freeze_after=node.config.db_freeze_after,
     )
 

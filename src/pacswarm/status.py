@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pacswarm.traffic import SOURCES, Traffic
@@ -39,6 +39,8 @@ class DownloadInfo:
 class PeerInfo:
     peer_id: str
     strikes: int
+    #: Bytes this peer gave us in total (kept across restarts).
+    gave: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,6 @@ class Snapshot:
     peers: tuple[PeerInfo, ...] = ()
     mirrors: tuple[MirrorInfo, ...] = ()
     dbs: tuple[DbInfo, ...] = ()
-    #: Bytes received by source name since the node started ("which peer gave us what").
-    sources: dict[str, int] = field(default_factory=dict)
     #: Age in seconds beyond which a held db is shown as possibly frozen.
     freeze_after: float = 7 * 86400
 
@@ -106,8 +106,13 @@ def build(s: Snapshot) -> dict[str, Any]:
             }
             for d in s.downloads
         ],
-        "peers": [{"id": p.peer_id, "strikes": p.strikes} for p in s.peers],
-        "sources": dict(sorted(s.sources.items(), key=lambda kv: -kv[1])),
+        "peers": [{"id": p.peer_id, "strikes": p.strikes, "gave": p.gave} for p in s.peers],
+        # Who gave us what, in total: every peer by its ID (connected now or not) and every
+        # mirror by its URL, the largest first.
+        "givers": {
+            "peers": _largest_first(s.traffic.peers),
+            "mirrors": _largest_first(s.traffic.mirrors),
+        },
         "mirrors": [
             {"url": m.url, "healthy": m.healthy, "failures": m.failures, "last_error": m.last_error}
             for m in s.mirrors
@@ -123,6 +128,10 @@ def build(s: Snapshot) -> dict[str, Any]:
             for d in s.dbs
         ],
     }
+
+
+def _largest_first(givers: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(givers.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def to_json(model: dict[str, Any]) -> str:
@@ -188,12 +197,22 @@ def render_text(model: dict[str, Any]) -> str:
         lines.append(f"  {d['filename']}: {_progress(d)} from {', '.join(d['sources']) or '-'}")
     peers = model["peers"]
     lines.append(f"peers: {len(peers)}")
-    lines += [f"  {p['id']} (strikes: {p['strikes']})" for p in peers]
+    lines += [
+        f"  {p['id']} (strikes: {p['strikes']}, gave us {human_bytes(p['gave'])})" for p in peers
+    ]
+    lines.append("who gave us what (total):")
+    lines += [f"  {who}: {human_bytes(n)} ({n})" for who, n in giver_rows(model)]
     lines.append("mirrors:")
     lines += [f"  {m['url']}: {_health(m)}" for m in model["mirrors"]]
     lines.append("dbs held:")
     lines += [f"  {d['repo']}/{d['arch']}: {_db_age(d)}" for d in model["dbs"]]
     return "\n".join(lines) + "\n"
+
+
+def giver_rows(model: dict[str, Any]) -> list[tuple[str, int]]:
+    """(peer ID or mirror URL, bytes) rows: peers first, each part largest first."""
+    givers = model["givers"]
+    return [(f"peer {p}", n) for p, n in givers["peers"].items()] + list(givers["mirrors"].items())
 
 
 def _progress(d: dict[str, Any]) -> str:
@@ -287,9 +306,16 @@ def render_html(model: dict[str, Any]) -> str:
             [(d["filename"], _progress(d), ", ".join(d["sources"])) for d in model["downloads"]],
         ),
         f"<h2>Peers ({len(model['peers'])})</h2>",
-        _table(("peer", "strikes"), [(p["id"], str(p["strikes"])) for p in model["peers"]]),
-        "<h2>Sources since start</h2>",
-        _table(("source", "bytes"), [(n, human_bytes(b)) for n, b in model["sources"].items()]),
+        _table(
+            ("peer", "strikes", "gave us"),
+            [(p["id"], str(p["strikes"]), human_bytes(p["gave"])) for p in model["peers"]],
+        ),
+        "<h2>Who gave us what</h2>",
+        _table(
+            ("source", "total", "bytes"),
+            [(who, human_bytes(n), str(n)) for who, n in giver_rows(model)],
+            "num givers",
+        ),
         "<h2>Mirrors</h2>",
         _table(("mirror", "health"), [(m["url"], _health(m)) for m in model["mirrors"]]),
         "<h2>Repo dbs held</h2>",

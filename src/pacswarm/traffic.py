@@ -1,4 +1,5 @@
-"""Bytes by source (cache, peer, mirror): in total, today, and per hour for the status chart.
+"""Bytes by source (cache, peer, mirror): in total, today, per hour for the status chart, and
+who gave them (each peer by its peer ID, each mirror by its URL).
 
 Why its own record and not the Prometheus counters: those start at zero with every process,
 and a user asks "how much did the cache save me", over months and restarts. So the figures
@@ -22,6 +23,9 @@ SOURCES = ("cache", "peer", "mirror")
 HOURS_KEPT = 48
 #: Seconds between two saves while bytes flow.
 SAVE_EVERY = 30.0
+#: Peers (and mirrors) whose bytes are kept one by one; beyond it the smallest is forgotten
+#: (peers come and go; a hostile swarm must not grow the record without bound).
+MAX_GIVERS = 256
 
 
 def _zero() -> dict[str, int]:
@@ -39,6 +43,9 @@ class Traffic:
     day: str = ""
     #: (hour start, epoch seconds) -> bytes by source; oldest first.
     hours: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: Bytes received in total from each peer (by peer ID) and each mirror (by URL).
+    peers: dict[str, int] = field(default_factory=dict)
+    mirrors: dict[str, int] = field(default_factory=dict)
     dirty: bool = False
 
     def add(self, source: str, size: int, now: float | None = None) -> None:
@@ -53,6 +60,16 @@ class Traffic:
         self.hours.setdefault(hour, _zero())[source] += size
         for old in sorted(self.hours)[:-HOURS_KEPT]:
             del self.hours[old]
+        self.dirty = True
+
+    def gave(self, givers: dict[str, int], who: str, size: int) -> None:
+        """Count ``size`` bytes given by ``who`` in ``givers`` (:attr:`peers` or
+        :attr:`mirrors`), forgetting the smallest giver when the record is full."""
+        if size <= 0:
+            return
+        if who not in givers and len(givers) >= MAX_GIVERS:
+            del givers[min(givers, key=givers.__getitem__)]
+        givers[who] = givers.get(who, 0) + size
         self.dirty = True
 
     def _roll(self, now: float) -> None:
@@ -79,6 +96,8 @@ class Traffic:
                 "today": self.today,
                 "day": self.day,
                 "hours": {str(h): v for h, v in self.hours.items()},
+                "peers": self.peers,
+                "mirrors": self.mirrors,
             }
         )
 
@@ -92,6 +111,9 @@ class Traffic:
                 today=_counts(data["today"]),
                 day=str(data["day"]),
                 hours={int(h): _counts(v) for h, v in data["hours"].items()},
+                # Records written before givers were kept have none: start them empty.
+                peers=_givers(data.get("peers", {})),
+                mirrors=_givers(data.get("mirrors", {})),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
             raise ValueError(f"not a traffic record: {e}") from None
@@ -105,3 +127,12 @@ def _counts(raw: Any) -> dict[str, int]:
             raise TypeError(f"{source}: {value!r} is not a byte count")
         counts[source] = value
     return counts
+
+
+def _givers(raw: Any) -> dict[str, int]:
+    givers: dict[str, int] = {}
+    for who, value in raw.items():
+        if not isinstance(who, str) or not isinstance(value, int) or value < 0:
+            raise TypeError(f"{who!r}: {value!r} is not a byte count")
+        givers[who] = value
+    return dict(sorted(givers.items(), key=lambda kv: -kv[1])[:MAX_GIVERS])

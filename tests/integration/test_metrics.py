@@ -77,6 +77,10 @@ def test_figures_move_when_pacman_installs(
     assert value(after, "pacswarm_cache_packages") == 1
     assert value(after, "pacswarm_cache_bytes") == pkg.size
     assert value(after, "pacswarm_cache_hits_total", kind="package") == 0
+    # The db bytes the mirror sent whole are counted as the mirror's, byte for byte.
+    assert value(after, "pacswarm_bytes_total", source="mirror", kind="db") == (
+        mirror.db_bytes_sent()
+    )
 
     # A second machine gets it from the cache: a hit, bytes from the cache, no new download.
     second = make_pacman([node.url_template], name="second")
@@ -142,14 +146,15 @@ def test_bytes_from_a_peer_and_the_swarm_figures(
     assert value(got, "pacswarm_gossip_messages_total") >= 1
     assert value(got, "pacswarm_gossip_dropped_total") == 0
     assert got[("pacswarm_strikes", frozenset())] == 0
-    # The status JSON names the peer, and which source gave what.
+    # The status JSON names the peer by its ID, and what it gave us.
     status, _, body = b.get("/status.json")
     assert status == 200
     model = json.loads(body)
-    assert [p["id"] for p in model["peers"]] == [a.peer_id]
-    assert [n for n in model["sources"] if n.startswith("peer ")], model["sources"]
-    assert sum(model["sources"].values()) == pkg.size
+    assert model["peers"] == [{"id": a.peer_id, "strikes": 0, "gave": pkg.size}]
+    assert model["givers"]["peers"] == {a.peer_id: pkg.size}
     assert model["traffic"]["total"]["peer"] == pkg.size
+    # The mirror still sent the dbs (never from peers): they count as its bytes.
+    assert value(got, "pacswarm_bytes_total", source="mirror", kind="db") > 0
 
 
 def test_a_signature_no_key_trusts_is_counted_and_nothing_cached(

@@ -47,17 +47,20 @@ def _served(
     return node
 
 
-def _expected(test_repo: TestRepo, node: PacswarmNode) -> tuple[int, int]:
-    """Bytes from the mirror (libgreet, once) and from the cache (libgreet to the second
-    pacman, and its .sig, which each pacman asks for too: the first one's comes from the
-    cache or, if asked before the commit, from the download's signature)."""
+def _expected(test_repo: TestRepo, node: PacswarmNode, mirror: MirrorServer) -> tuple[int, int]:
+    """Bytes from the mirror (libgreet, once, and the repo dbs each -Sy fetched whole) and
+    from the cache (libgreet to the second pacman, and its .sig, which each pacman asks for
+    too: the first one's comes from the cache or, if asked before the commit, from the
+    download's signature)."""
     pkg = test_repo.packages["libgreet"]
     status, _, body = node.get("/status.json")
     assert status == 200
     from_cache = json.loads(body)["traffic"]["total"]["cache"]
     sig = pkg.sig_path.stat().st_size
     assert from_cache in (pkg.size + sig, pkg.size + 2 * sig), (from_cache, pkg.size, sig)
-    return pkg.size, from_cache
+    dbs = mirror.db_bytes_sent()
+    assert dbs > 0  # the first -Sy fetched core.db whole
+    return pkg.size + dbs, from_cache
 
 
 @pytest.mark.skipif(chromium() is None, reason="chromium is not installed (make deps)")
@@ -69,7 +72,7 @@ def test_status_page_renders_the_figures_of_a_node_that_served_pacman(
     make_pacman: PacmanFactory,
 ) -> None:
     node = _served(test_repo, mirror, make_node, make_pacman)
-    size, from_cache = _expected(test_repo, node)
+    size, from_cache = _expected(test_repo, node, mirror)
 
     dom, shot = render(node.base_url + "/status", tmp_path / "browser")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -107,6 +110,9 @@ def test_status_page_renders_the_figures_of_a_node_that_served_pacman(
     assert re.search(rf"^  saved +{saved} +{saved}", out.stdout, re.M), out.stdout
     assert f"in 1 packages (cap: {cap})" in out.stdout
     assert f"  {mirror.url_template}: ok" in out.stdout
+    # Who gave what: the mirror, by its URL, gave every byte not from the cache.
+    assert model["givers"] == {"peers": {}, "mirrors": {mirror.url_template: size}}
+    assert f"  {mirror.url_template}: " in out.stdout and f"({size})" in out.stdout
     assert "  core/x86_64: " in out.stdout
     raw = _status_command(node, "--json")
     assert json.loads(raw.stdout)["traffic"]["total"] == model["traffic"]["total"]
@@ -142,7 +148,7 @@ def test_traffic_figures_survive_a_restart(
     test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory, make_pacman: PacmanFactory
 ) -> None:
     node = _served(test_repo, mirror, make_node, make_pacman)
-    size, from_cache = _expected(test_repo, node)
+    size, from_cache = _expected(test_repo, node, mirror)
     node.stop()
     node.start()
     status, _, body = node.get("/status.json")

@@ -356,6 +356,17 @@ class MirrorServer:
         with self._lock:
             return [c for m, p, c in self.responses if m == "GET" and p.endswith(path_suffix)]
 
+    def db_bytes_sent(self) -> int:
+        """Bytes of repo db files (``.db``, ``.files`` and their ``.sig``) sent whole (200)."""
+        with self._lock:
+            sent = [p for m, p, c in self.responses if m == "GET" and c == 200]
+        dbs = (".db", ".files", ".db.sig", ".files.sig")
+        return sum(
+            path.stat().st_size
+            for p in sent
+            if p.endswith(dbs) and (path := self._resolve(p)) is not None
+        )
+
     def hits(self, path_suffix: str) -> int:
         """Number of GET requests whose path ends with ``path_suffix``."""
         with self._lock:

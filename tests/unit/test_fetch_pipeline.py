@@ -103,6 +103,7 @@ class Memory:
     bad_content: int = 0  # failures with bad_content=True (a strike, for a peer)
     successes: int = 0
     first_byte_within: float | None = None
+    peer_id: str | None = None
 
     def can_deliver(self, want: Want, offset: int) -> bool:
         return True

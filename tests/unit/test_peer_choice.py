@@ -147,6 +147,7 @@ def test_a_bad_content_failure_strikes_the_peer_and_a_plain_one_does_not(tmp_pat
 
 class _Named:
     first_byte_within: float | None = 2.0
+    peer_id: str | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name

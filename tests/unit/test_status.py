@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pacswarm import status
 from pacswarm.metrics import Metrics, source_kind
-from pacswarm.traffic import Traffic
+from pacswarm.traffic import MAX_GIVERS, Traffic
 
 NOON = time.mktime((2026, 12, 2, 12, 0, 0, 0, 0, -1))
 MIB = 1 << 20
@@ -114,7 +114,7 @@ def test_source_names_map_to_their_kind() -> None:
 
 def test_each_node_has_its_own_registry() -> None:
     one, two = Metrics(), Metrics()
-    one.received("https://mirror.example/$repo/os/$arch", 100)
+    one.received("https://mirror.example/$repo/os/$arch", 100, None)
     one.hit("package", 50)
 
     def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -129,3 +129,37 @@ def test_each_node_has_its_own_registry() -> None:
     assert got[("pacswarm_bytes_total", (("kind", "package"), ("source", "cache")))] == 50
     assert not any(name == "pacswarm_bytes_total" for name, _ in samples(two))
     assert one.traffic.total == {"cache": 50, "peer": 0, "mirror": 100}
+
+
+def test_who_gave_what_is_kept_by_peer_id_and_mirror_and_survives_a_restart() -> None:
+    """A peer is named by its peer ID whatever address its source had; dbs count as mirror
+    bytes (they only come from mirrors); the record round-trips through its file."""
+    m = Metrics()
+    m.received("peer http://10.0.0.2:4080", 300, "12D3KooWA")
+    m.received("peer bitswap 12D3KooWA", 200, "12D3KooWA")
+    m.received("peer http://10.0.0.3:4080", 50, "12D3KooWB")
+    m.received("https://mirror.example/$repo/os/$arch", 70, None)
+    m.db_received("https://mirror.example/$repo/os/$arch", 30)
+    again = Traffic.from_json(m.traffic.to_json())
+    assert again.peers == {"12D3KooWA": 500, "12D3KooWB": 50}
+    assert again.mirrors == {"https://mirror.example/$repo/os/$arch": 100}
+    assert again.total == {"cache": 0, "peer": 550, "mirror": 100}
+    snap = status.Snapshot(
+        now=NOON, traffic=again, peers=(status.PeerInfo("12D3KooWB", 1, again.peers["12D3KooWB"]),)
+    )
+    model = status.build(snap)
+    assert list(model["givers"]["peers"].items()) == [("12D3KooWA", 500), ("12D3KooWB", 50)]
+    assert model["peers"] == [{"id": "12D3KooWB", "strikes": 1, "gave": 50}]
+    text = status.render_text(model)
+    assert "  peer 12D3KooWA: 500 B (500)" in text and "gave us 50 B" in text
+    assert "<td>peer 12D3KooWA</td><td>500 B</td><td>500</td>" in status.render_html(model)
+
+
+def test_givers_stay_bounded_and_an_old_record_without_them_loads() -> None:
+    traffic = Traffic()
+    for i in range(MAX_GIVERS + 10):
+        traffic.gave(traffic.peers, f"peer{i}", i + 1)
+    assert len(traffic.peers) == MAX_GIVERS
+    assert "peer0" not in traffic.peers and f"peer{MAX_GIVERS + 9}" in traffic.peers
+    old = '{"total": {"cache": 1}, "today": {}, "day": "2026-01-01", "hours": {}}'
+    assert Traffic.from_json(old).peers == {}

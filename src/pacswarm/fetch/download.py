@@ -505,7 +505,7 @@ class Downloader:
                     dl.got_first_byte = True
                     self.observer.first_byte(asyncio.get_running_loop().time() - dl.started)
                 remaining = dl.size - dl.written
-                self.observer.received(source.name, min(len(chunk), remaining))
+                self.observer.received(source.name, min(len(chunk), remaining), source.peer_id)
                 if len(chunk) > remaining:
                     # Endless data or the wrong file: never take more than the db's size.
                     self._append(dl, chunk[:remaining])

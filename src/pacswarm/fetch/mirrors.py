@@ -103,6 +103,7 @@ class MirrorSource:
     """
 
     first_byte_within: float | None = None  # a slow mirror is judged by the stall watchdog
+    peer_id: str | None = None
 
     def __init__(self, upstream: Upstream, mirror: str) -> None:
         self.upstream = upstream

@@ -14,8 +14,9 @@ from typing import Protocol
 class DownloadObserver(Protocol):
     """Who counts what the downloads do (the node's metrics); called on the event loop."""
 
-    def received(self, source: str, size: int) -> None:
-        """``size`` bytes arrived from the source named ``source``."""
+    def received(self, source: str, size: int, peer_id: str | None) -> None:
+        """``size`` bytes arrived from the source named ``source`` (run by ``peer_id``, if a
+        swarm peer)."""
 
     def first_byte(self, seconds: float) -> None:
         """A download's first byte came ``seconds`` after it started."""
@@ -30,7 +31,7 @@ class DownloadObserver(Protocol):
 class Unobserved:
     """The observer of a downloader nobody watches (tools, tests of the pipeline)."""
 
-    def received(self, source: str, size: int) -> None:
+    def received(self, source: str, size: int, peer_id: str | None) -> None:
         pass
 
     def first_byte(self, seconds: float) -> None:

@@ -71,6 +71,9 @@ class Source(Protocol):
     #: Seconds this source may take to send its first byte from the offset asked, or None
     #: for no such deadline (cache, mirrors: only the stall watchdog applies to them).
     first_byte_within: float | None
+    #: The swarm peer behind this source (its libp2p peer ID), None for the cache and
+    #: mirrors: the status page says which peer gave us what, however its address changed.
+    peer_id: str | None
 
     @property
     def name(self) -> str:
@@ -113,6 +116,7 @@ class CacheSource:
 
     name = "cache"
     first_byte_within: float | None = None
+    peer_id: str | None = None
 
     def __init__(self, cache_path: CachePath, on_bad: BadCopy) -> None:
         self._cache_path = cache_path
