@@ -1,0 +1,273 @@
+"""The in-process signature path against the real pacman and gpg, over crafted signatures.
+
+For each case the same package and ``.sig`` go to: the real pacman (``pacman -U`` with
+``LocalFileSigLevel = Required``, :func:`test_signature_rules.pacman_accepts`), gpg
+(:func:`pacswarm.verify.verify_signature`), the fast path (:class:`FastPath`: plan, then
+accepts over a hash of the file) and ``pacswarm verify``. The fast path must never accept
+what pacman refuses, must accept the plain good cases (else it saves nothing), and
+``pacswarm verify``'s verdict must be pacman's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pacswarm import openpgp
+from pacswarm.fastverify import Decline, FastPath, FastPlan
+from pacswarm.verify import verify_signature
+from tests.integration.test_signature_rules import pacman_accepts, pacswarm_verify
+from tests.support import gpg
+from tests.support.testrepo import Signer, TestRepo, trust_key
+
+_NO_KEYSERVER = "keyserver hkp://127.0.0.1:9\n"
+PAST = int(time.time()) - 10 * 86400
+
+
+@dataclass(frozen=True)
+class World:
+    """Keys made once for the module, and a full-trust keyring that knows all of them."""
+
+    repo: TestRepo
+    keyring: Path  # template: copied for each test
+    rsa: Signer
+    expired: Signer
+    revoked: Signer
+    old: Signer  # made ten days ago, valid now: for a signature that expired
+
+
+def _signer(repo: TestRepo, dest: Path, name: str, algo: str, faked: int | None) -> Signer:
+    """A packager key certified (now) by the test master, optionally created in the past."""
+    home = gpg.copy_homedir(repo.gnupghome, dest)
+    uid = f"pacswarm {name} <{name}@pacswarm.test>"
+    when = ["--faked-system-time", str(faked)] if faked else []
+    try:
+        gpg.run_gpg(home, *when, "--quick-generate-key", uid, algo, "sign", "never")
+        listing = gpg.run_gpg(home, "--with-colons", "--list-keys", uid).stdout.decode()
+        fpr = next(ln.split(":")[9] for ln in listing.splitlines() if ln.startswith("fpr:"))
+        gpg.certify(home, repo.master_fpr, fpr)
+        key_file = gpg.export_public(home, [fpr], dest.with_name(f"{name}.gpg"))
+    finally:
+        gpg.kill_agent(home)
+    return Signer(homedir=home, fpr=fpr, key_file=key_file, sign_time=faked)
+
+
+def _offline(gpgdir: Path) -> Path:
+    with (gpgdir / "gpg.conf").open("a") as conf:
+        conf.write(_NO_KEYSERVER)
+    (gpgdir / "dirmngr.conf").write_text(_NO_KEYSERVER)
+    return gpgdir
+
+
+@pytest.fixture(scope="module")
+def world(test_repo: TestRepo, tmp_path_factory: pytest.TempPathFactory) -> World:
+    base = tmp_path_factory.mktemp("fastverify")
+    rsa = _signer(test_repo, base / "rsa", "rsa", "rsa3072", None)
+    old = _signer(test_repo, base / "old", "old", "ed25519", PAST)
+    revoked = _signer(test_repo, base / "revoked", "revoked", "ed25519", None)
+    expired = test_repo.new_signer(base / "expired", "expired", expired=True)
+    keyring = _offline(test_repo.make_pacman_gpgdir(base / "keyring"))
+    for signer in (rsa, old, revoked, expired):
+        trust_key(keyring, signer.key_file)
+    revocation = (revoked.homedir / "openpgp-revocs.d" / f"{revoked.fpr}.rev").read_text()
+    certificate = base / "revocation.asc"
+    certificate.write_text(revocation.replace(":-----BEGIN", "-----BEGIN"))
+    try:
+        gpg.run_gpg(keyring, "--import", str(certificate))
+        gpg.run_gpg(keyring, "--check-trustdb")
+    finally:
+        gpg.kill_agent(keyring)
+    return World(test_repo, keyring, rsa, expired, revoked, old)
+
+
+def _sign(home: Path, fpr: str, file: Path, *extra: str) -> bytes:
+    try:
+        out = gpg.run_gpg(home, *extra, "--local-user", f"{fpr}!", "--detach-sign", "-o", "-",
+                          str(file))  # fmt: skip
+    finally:
+        gpg.kill_agent(home)
+    return out.stdout
+
+
+def _packager(w: World, file: Path, *extra: str) -> bytes:
+    return _sign(w.repo.gnupghome, w.repo.packager_fpr, file, *extra)
+
+
+def _rogue(w: World, file: Path) -> bytes:
+    return _sign(w.repo.gnupghome, w.repo.rogue_fpr, file)
+
+
+def _wrong_key(w: World, file: Path) -> bytes:
+    """The rogue's signature relabelled as the packager's (issuer fingerprint and key id)."""
+    rogue, packager = bytes.fromhex(w.repo.rogue_fpr), bytes.fromhex(w.repo.packager_fpr)
+    return _rogue(w, file).replace(rogue, packager).replace(rogue[-8:], packager[-8:])
+
+
+def _v3(w: World, file: Path) -> bytes:
+    """The packager's signature values in a well-formed v3 packet (RFC 4880 5.2.2)."""
+    sig = openpgp.parse_detached(_packager(w, file))
+    (created,) = sig.subpackets(openpgp.SUB_CREATION_TIME)
+    body = bytes([3, 5, 0]) + created.body + bytes.fromhex(w.repo.packager_fpr)[-8:]
+    body += bytes([sig.pubkey_algo, sig.hash_algo]) + sig.left16
+    for mpi in sig.mpis:
+        body += (len(mpi) * 8 - (8 - mpi[0].bit_length())).to_bytes(2, "big") + mpi
+    return bytes([0x88, len(body)]) + body
+
+
+def _expired_signature(w: World, file: Path) -> bytes:
+    when = ["--faked-system-time", str(PAST + 3600), "--default-sig-expire", "1d"]
+    sig = _sign(w.old.homedir, w.old.fpr, file, *when)
+    assert openpgp.parse_detached(sig).subpackets(openpgp.SUB_EXPIRATION_TIME)
+    return sig
+
+
+def _other_file(w: World, file: Path) -> bytes:
+    return _packager(w, w.repo.packages["hello"].path)
+
+
+Make = Callable[[World, Path], bytes]
+
+
+def _pk(*extra: str) -> Make:
+    """The test packager's (Ed25519) signature, with extra gpg options."""
+    return lambda w, f: _packager(w, f, *extra)
+
+
+def _by(who: str, *extra: str) -> Make:
+    """A signature by one of the world's extra signers (``rsa``, ``expired``, ...)."""
+
+    def make(w: World, f: Path) -> bytes:
+        signer: Signer = getattr(w, who)
+        when = ["--faked-system-time", str(signer.sign_time)] if who == "expired" else []
+        return _sign(signer.homedir, signer.fpr, f, *when, *extra)
+
+    return make
+
+
+# case -> (keyring trust, how the .sig is made, pacman's verdict, fast path must accept)
+CASES: dict[str, tuple[str, Make, bool, bool]] = {
+    "ed25519-sha256": ("full", _pk("--digest-algo", "SHA256"), True, True),
+    "ed25519-sha512": ("full", _pk("--digest-algo", "SHA512"), True, True),
+    "rsa-sha256": ("full", _by("rsa", "--digest-algo", "SHA256"), True, True),
+    "rsa-sha512": ("full", _by("rsa", "--digest-algo", "SHA512"), True, True),
+    "wrong-data": ("full", _other_file, False, False),
+    "wrong-key": ("full", _wrong_key, False, False),
+    "unknown-key": ("full", _rogue, False, False),
+    "marginal-trust": ("marginal", _pk(), False, False),
+    "unknown-trust": ("unknown", _pk(), False, False),
+    "expired-key": ("full", _by("expired"), False, False),
+    "revoked-key": ("full", _by("revoked"), False, False),
+    "expired-signature": ("full", _expired_signature, False, False),
+    "good+rogue": ("full", lambda w, f: _packager(w, f) + _rogue(w, f), False, False),
+    "good+good": ("full", lambda w, f: _packager(w, f) + _by("rsa")(w, f), True, False),
+    "armored": ("full", _pk("--armor"), True, False),
+    "v3": ("full", _v3, False, False),
+    "text-signature": ("full", _pk("--textmode"), True, False),
+    "critical-notation": ("full", _pk("--sig-notation", "!critical@example.org=x"), False, False),
+    "truncated": ("full", lambda w, f: _packager(w, f)[:-7], False, False),
+}
+
+#: pacswarm refuses armored signatures unchecked (verify.signature_problem): the one place it
+#: is knowingly stricter than pacman, documented there. Nothing here may be more lenient.
+STRICTER = {"armored"}
+
+
+def _keyring(w: World, trust: str, dest: Path) -> Path:
+    if trust == "full":
+        return gpg.copy_homedir(w.keyring, dest)
+    return _offline(w.repo.make_pacman_gpgdir(dest, trust=trust))
+
+
+def fast_accepts(gpgdir: Path, package: Path, signature: bytes) -> Decline | bool:
+    """The fast path's decision: a Decline, False (planned, did not verify) or True."""
+    plan = FastPath(gpgdir).plan(signature)
+    if isinstance(plan, Decline):
+        return plan
+    return plan.accepts(hashlib.new(plan.hash_name, package.read_bytes()))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fast_path_never_accepts_what_pacman_refuses(
+    world: World, tmp_path: Path, case: str
+) -> None:
+    trust, make, accepted, fast_expected = CASES[case]
+    pkg = world.repo.packages["libgreet"]
+    d = tmp_path / "files"
+    d.mkdir()
+    package = Path(shutil.copy(pkg.path, d / pkg.filename))
+    sig = d / f"{pkg.filename}.sig"
+    sig.write_bytes(make(world, package))
+    gpgdir = _keyring(world, trust, tmp_path / "keyring")
+    try:
+        pacman_ok, pacman_out = pacman_accepts(tmp_path / "pacman", gpgdir, package)
+        gpg_verdict = asyncio.run(verify_signature(gpgdir, package, sig.read_bytes()))
+        fast = fast_accepts(gpgdir, package, sig.read_bytes())
+        cli = pacswarm_verify(package, sig, gpgdir)
+    finally:
+        gpg.kill_agent(gpgdir)
+    detail = f"pacman: {pacman_out}\ngpg: {gpg_verdict}\nfast: {fast}\ncli: {cli.stdout}"
+    assert pacman_ok is accepted, detail  # the reference is what it was when written
+    assert not (fast is True and not pacman_ok), detail
+    assert (fast is True) is fast_expected, detail
+    if case in STRICTER:
+        assert not gpg_verdict.ok and cli.returncode == 1, detail
+        return
+    assert gpg_verdict.ok is pacman_ok, detail
+    assert (cli.returncode == 0) is pacman_ok, detail + cli.stderr
+    assert ("verified in-process" in cli.stdout) is fast_expected, detail
+    if gpg_verdict.ok and not fast_expected:
+        assert "verified by gpg" in cli.stdout, detail
+
+
+def test_revoking_a_key_reaches_a_built_trust_cache(world: World, tmp_path: Path) -> None:
+    """The cache is rebuilt when the keyring changes: a key revoked after the first plan is
+    declined on the next, with no restart."""
+    pkg = world.repo.packages["libgreet"]
+    gpgdir = _keyring(world, "full", tmp_path / "keyring")
+    signer = _signer(world.repo, tmp_path / "late", "late", "ed25519", None)
+    try:
+        trust_key(gpgdir, signer.key_file)
+        signature = _sign(signer.homedir, signer.fpr, pkg.path)
+        fast = FastPath(gpgdir)
+        plan = fast.plan(signature)
+        assert isinstance(plan, FastPlan), plan
+        assert plan.accepts(hashlib.sha256(pkg.path.read_bytes()))
+        revocation = (signer.homedir / "openpgp-revocs.d" / f"{signer.fpr}.rev").read_text()
+        certificate = tmp_path / "revocation.asc"
+        certificate.write_text(revocation.replace(":-----BEGIN", "-----BEGIN"))
+        gpg.run_gpg(gpgdir, "--import", str(certificate))
+        again = fast.plan(signature)
+    finally:
+        gpg.kill_agent(gpgdir)
+    assert isinstance(again, Decline), again
+    assert "validity r" in again.reason
+
+
+@pytest.mark.parametrize(
+    "line", ["trust-model always", "faked-system-time 20300101T000000", "ignore-time-conflict"]
+)
+def test_gpg_conf_time_or_trust_options_turn_the_fast_path_off(
+    world: World, tmp_path: Path, line: str
+) -> None:
+    pkg = world.repo.packages["libgreet"]
+    gpgdir = _keyring(world, "full", tmp_path / "keyring")
+    with (gpgdir / "gpg.conf").open("a") as conf:
+        conf.write(line + "\n")
+    try:
+        fast = FastPath(gpgdir)
+        plan = fast.plan(pkg.sig_path.read_bytes())
+        enabled = fast.enabled
+        cli = pacswarm_verify(pkg.path, pkg.sig_path, gpgdir)
+    finally:
+        gpg.kill_agent(gpgdir)
+    assert not enabled
+    assert isinstance(plan, Decline) and "gpg.conf sets" in plan.reason, plan
+    assert "verified in-process" not in cli.stdout, cli.stdout
+    assert "not in-process: fast path off: gpg.conf sets" in cli.stdout, cli.stdout
