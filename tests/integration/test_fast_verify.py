@@ -172,6 +172,14 @@ CASES: dict[str, tuple[str, Make, bool, bool]] = {
     "text-signature": ("full", _pk("--textmode"), True, False),
     "critical-notation": ("full", _pk("--sig-notation", "!critical@example.org=x"), False, False),
     "truncated": ("full", lambda w, f: _packager(w, f)[:-7], False, False),
+    # pacman-key --populate disables the keys of archlinux-revoked; gpgme reports it, pacman refuses
+    "disabled-key": ("full-disabled", _pk(), False, False),
+    "key-newer-than-signature": (
+        "full",
+        _by("rsa", "--faked-system-time", str(PAST), "--ignore-time-conflict"),
+        False,
+        False,
+    ),
 }
 
 #: pacswarm refuses armored signatures unchecked (verify.signature_problem): the one place it
@@ -182,6 +190,11 @@ STRICTER = {"armored"}
 def _keyring(w: World, trust: str, dest: Path) -> Path:
     if trust == "full":
         return gpg.copy_homedir(w.keyring, dest)
+    if trust == "full-disabled":  # as pacman-key --populate disables a revoked key
+        keyring = gpg.copy_homedir(w.keyring, dest)
+        gpg.run_gpg(keyring, "--command-fd", "0", "--edit-key", w.repo.packager_fpr,
+                    stdin=b"disable\nquit\n")  # fmt: skip
+        return keyring
     return _offline(w.repo.make_pacman_gpgdir(dest, trust=trust))
 
 
@@ -248,6 +261,45 @@ def test_revoking_a_key_reaches_a_built_trust_cache(world: World, tmp_path: Path
         gpg.kill_agent(gpgdir)
     assert isinstance(again, Decline), again
     assert "validity r" in again.reason
+
+
+def test_signing_subkey_is_in_process_only_after_gpg_accepted_it(
+    world: World, tmp_path: Path
+) -> None:
+    """A subkey's back-signature is gpg's to check: the first signature by a new signing
+    subkey goes to gpg; once gpg accepted one (Verdict.signer), the next is in-process; a
+    changed keyring forgets that."""
+    pkg = world.repo.packages["libgreet"]
+    gpgdir = _keyring(world, "full", tmp_path / "keyring")
+    signer = _signer(world.repo, tmp_path / "sub", "sub", "ed25519", None)
+    try:
+        gpg.run_gpg(signer.homedir, "--quick-add-key", signer.fpr, "rsa2048", "sign", "never")
+        listing = gpg.run_gpg(signer.homedir, "--with-colons", "--list-keys", signer.fpr).stdout
+        fprs = [ln.split(":")[9] for ln in listing.decode().splitlines() if ln[:4] == "fpr:"]
+        subkey = fprs[-1]
+        key_file = gpg.export_public(signer.homedir, [signer.fpr], tmp_path / "sub.gpg")
+        trust_key(gpgdir, key_file)
+        (tmp_path / "files").mkdir()
+        package = Path(shutil.copy(pkg.path, tmp_path / "files" / pkg.filename))
+        signature = _sign(signer.homedir, subkey, package)
+        package.with_name(f"{pkg.filename}.sig").write_bytes(signature)
+        pacman_ok, pacman_out = pacman_accepts(tmp_path / "pacman", gpgdir, package)
+        fast = FastPath(gpgdir)
+        first = fast.plan(signature)
+        verdict = asyncio.run(verify_signature(gpgdir, pkg.path, signature))
+        fast.confirm(verdict)
+        second = fast.plan(signature)
+        trust_key(gpgdir, world.repo.rogue_key_file)  # a new keyring state
+        third = fast.plan(signature)
+    finally:
+        gpg.kill_agent(gpgdir)
+        gpg.kill_agent(signer.homedir)
+    assert isinstance(first, Decline) and "subkey not yet confirmed" in first.reason, first
+    assert verdict.ok and verdict.signer == subkey, verdict
+    assert isinstance(second, FastPlan) and second.key == subkey, second
+    assert second.accepts(hashlib.new(second.hash_name, package.read_bytes()))
+    assert isinstance(third, Decline) and "subkey not yet confirmed" in third.reason, third
+    assert pacman_ok, pacman_out  # what the fast path accepted, pacman accepts
 
 
 @pytest.mark.parametrize(
