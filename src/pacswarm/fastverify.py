@@ -62,11 +62,14 @@ class FastPlan:
     def accepts(self, hashed: hashlib._Hash) -> bool:
         """True: the signature verifies over the bytes ``hashed`` saw (final). False: gpg
         decides. ``hashed`` is copied, never updated: the caller's digest is unchanged."""
-        if hashed.name != self.hash_name:
+        try:
+            if hashed.name != self.hash_name:
+                return False
+            if self._valid_until is not None and self._clock() >= self._valid_until:
+                return False  # the key expired while the file downloaded
+            return self._verifier.verify(self._signature, self._signature.digest(hashed))
+        except Exception:  # not sure: gpg decides
             return False
-        if self._valid_until is not None and self._clock() >= self._valid_until:
-            return False  # the key expired while the file downloaded
-        return self._verifier.verify(self._signature, self._signature.digest(hashed))
 
     @property
     def description(self) -> str:
@@ -87,7 +90,17 @@ class FastPath:
         return self._trust.current() is None
 
     def plan(self, signature: bytes) -> FastPlan | Decline:
-        """Before the bytes: can this ``.sig`` be decided in-process? Cheap (cached trust)."""
+        """Before the bytes: can this ``.sig`` be decided in-process? Cheap (cached trust).
+
+        Never raises: a fault here (a gpg that cannot list the keyring, a bug) is a Decline,
+        so the signature still gets gpg's verdict and the download is not disturbed.
+        """
+        try:
+            return self._plan(signature)
+        except Exception as e:  # any doubt is gpg's to settle
+            return Decline(f"fast path failed: {e!r}")
+
+    def _plan(self, signature: bytes) -> FastPlan | Decline:
         if len(signature) > MAX_SIGNATURE_BYTES:
             return Decline("signature larger than pacman accepts")
         try:

@@ -107,7 +107,7 @@ class PublicKey:
 
 def packets(data: bytes) -> list[tuple[int, bytes]]:
     """The (tag, body) of each packet in ``data``; raise :class:`Unsupported` otherwise."""
-    if data.lstrip().startswith(b"-----BEGIN PGP"):
+    if data[:64].lstrip().startswith(b"-----BEGIN PGP"):
         raise Unsupported("armored signature")
     out: list[tuple[int, bytes]] = []
     pos = 0

@@ -323,3 +323,32 @@ def test_gpg_conf_time_or_trust_options_turn_the_fast_path_off(
     assert isinstance(plan, Decline) and "gpg.conf sets" in plan.reason, plan
     assert "verified in-process" not in cli.stdout, cli.stdout
     assert "not in-process: fast path off: gpg.conf sets" in cli.stdout, cli.stdout
+
+
+def test_key_expiry_is_judged_now_even_mid_download(world: World, tmp_path: Path) -> None:
+    """pacman judges expiry at check time: a key valid when the plan was made but expired when
+    the last byte arrives is gpg's to refuse, and the cache drops it at its expiry."""
+    pkg = world.repo.packages["libgreet"]
+    gpgdir = _keyring(world, "full", tmp_path / "keyring")
+    home = gpg.copy_homedir(world.repo.gnupghome, tmp_path / "soon")
+    now = [time.time()]
+    try:
+        uid = "pacswarm soon <soon@pacswarm.test>"
+        gpg.run_gpg(home, "--quick-generate-key", uid, "ed25519", "sign", "2d")
+        listing = gpg.run_gpg(home, "--with-colons", "--list-keys", uid).stdout.decode()
+        fpr = next(ln.split(":")[9] for ln in listing.splitlines() if ln.startswith("fpr:"))
+        gpg.certify(home, world.repo.master_fpr, fpr)
+        trust_key(gpgdir, gpg.export_public(home, [fpr], tmp_path / "soon.gpg"))
+        signature = _sign(home, fpr, pkg.path)
+        fast = FastPath(gpgdir, clock=lambda: now[0])
+        plan = fast.plan(signature)
+        running = hashlib.sha256(pkg.path.read_bytes())
+        assert isinstance(plan, FastPlan) and plan.accepts(running), plan
+        now[0] += 3 * 86400  # the download ends after the key expired
+        late_accept = plan.accepts(running)
+        late_plan = fast.plan(signature)
+    finally:
+        gpg.kill_agent(gpgdir)
+        gpg.kill_agent(home)
+    assert not late_accept
+    assert isinstance(late_plan, Decline) and "expired" in late_plan.reason, late_plan
