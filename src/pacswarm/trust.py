@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -172,7 +173,9 @@ class TrustCache:
         self._clock = clock
         self._built: _Built | None = None
         self._off: str | None = None  # why every lookup declines now
+        self._off_stamp: tuple[object, ...] | None = None  # the keyring state _off is about
         self._retry_at = 0.0
+        self._lock = threading.RLock()
 
     # -- state ------------------------------------------------------------------------
 
@@ -188,32 +191,49 @@ class TrustCache:
         return tuple(out)
 
     def current(self) -> str | None:
-        """Bring the cache up to date; ``None`` if usable, else why it is off."""
-        now = self._clock()
-        stamp = self._stamp()
-        built = self._built
-        if built is not None and built.stamp == stamp and now < built.rebuild_at:
-            return None
-        if built is None and self._off is not None and now < self._retry_at:
-            return self._off
-        self._rebuild(stamp, now)
-        return self._off
+        """Bring the cache up to date; ``None`` if usable, else why it is off.
 
-    def _rebuild(self, stamp: tuple[object, ...], now: float) -> None:
-        old = self._built
-        self._built = None
-        self._off = self._read_conf()
-        if self._off is None:
+        Thread-safe (the lead may plan off the event loop); a rebuild runs gpg twice, tens
+        of milliseconds, once per keyring change, key expiry or hour.
+        """
+        with self._lock:
+            now = self._clock()
+            stamp = self._stamp()
+            built = self._built
+            if built is not None and built.stamp == stamp and now < built.rebuild_at:
+                return None
+            if built is None and stamp == self._off_stamp and now < self._retry_at:
+                return self._off
+            self._rebuild(now)
+            return self._off
+
+    def _rebuild(self, now: float) -> None:
+        """List the keyring with gpg; the result counts only if no file changed meanwhile."""
+        old, self._built = self._built, None
+        self._retry_at = now + RETRY_AFTER
+        for _attempt in range(2):  # the first listing may itself update a due trustdb
+            before = self._stamp()
+            self._off_stamp = before
+            self._off = self._read_conf()
+            if self._off is not None:
+                return
             try:
                 listing = self._gpg("--with-colons", "--fixed-list-mode", "--list-keys")
                 export = self._gpg("--export-options", "export-minimal", "--export")
             except (OSError, subprocess.SubprocessError, RuntimeError) as e:
                 self._off = f"gpg could not list the keyring: {e}"
-            else:
-                self._off = self._install(listing.decode(errors="replace"), export, now, old)
-        self._retry_at = now + RETRY_AFTER
+                return
+            if self._stamp() == before:
+                self._off = self._install(
+                    listing.decode(errors="replace"), export, before, now, old
+                )
+                return
+        self._off = "the keyring changed while gpg listed it"
+        self._retry_at = now + 1.0
 
-    def _install(self, text: str, export: bytes, now: float, old: _Built | None) -> str | None:
+    def _install(
+        self, text: str, export: bytes, stamp: tuple[object, ...], now: float, old: _Built | None
+    ) -> str | None:
         listing = parse_listing(text)
         if listing.trust_model != "1":
             return f"gpg's trustdb uses trust model {listing.trust_model}, not pgp"
@@ -231,7 +251,6 @@ class TrustCache:
         due += [k.expires for k in listing.keys.values() if k.expires and k.expires > now]
         if listing.next_check and listing.next_check > now:
             due.append(listing.next_check)
-        stamp = self._stamp()  # after gpg ran: the listing itself may update the trustdb
         built = _Built(stamp, listing, verifiers, by_key_id, min(due))
         if old is not None and old.stamp == stamp:
             built.confirmed = old.confirmed  # same keyring, only older: gpg's word still holds
