@@ -19,6 +19,9 @@ Usage (the lead wires it into the download)::
     if isinstance(plan, FastPlan):         # keep a running hashlib.new(plan.hash_name)
         if plan.accepts(running_hash): ... # accepted, final
     ... otherwise gpg decides; on gpg's acceptance call fast.confirm(verdict)
+
+A SHA-512 signature needs a second running hash; if the ``.sig`` comes after the first bytes,
+:func:`catch_up` starts it from the temp file.
 """
 
 from __future__ import annotations
@@ -75,6 +78,33 @@ class FastPlan:
     def description(self) -> str:
         """``RSA/SHA-256, key FPR``: what ``pacswarm verify`` names as the deciding check."""
         return f"{self.algo}/{self.hash_name.upper().replace('SHA', 'SHA-')}, key {self.key}"
+
+    def verdict(self) -> Verdict:
+        """The accepted :class:`Verdict` after :meth:`accepts` said True, shaped like gpg's
+        (``fingerprint`` and ``signer`` set), so callers log and commit it the same way."""
+        return Verdict(
+            True,
+            f"valid signature by {self.key}, fully trusted (verified in-process, "
+            f"{self.description.split(', key')[0]})",
+            self.key,
+            signer=self.key,
+        )
+
+
+def catch_up(hash_name: str, file: Path, length: int) -> hashlib._Hash:
+    """A running hash over the first ``length`` bytes of ``file``: for a signature whose hash
+    is not the download's sha256 (SHA-512) and that arrived after the first bytes, start the
+    second hash from the temp file, then keep updating it with the bytes that follow."""
+    running = hashlib.new(hash_name)
+    with file.open("rb") as f:
+        left = length
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                raise OSError(f"{file} is shorter than the {length} bytes written")
+            running.update(chunk)
+            left -= len(chunk)
+    return running
 
 
 class FastPath:
@@ -182,4 +212,4 @@ def _signature_problem(sig: Signature) -> str | None:
     return None
 
 
-__all__ = ["Decline", "FastPath", "FastPlan"]
+__all__ = ["Decline", "FastPath", "FastPlan", "catch_up"]

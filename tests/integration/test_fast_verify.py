@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pacswarm import openpgp
-from pacswarm.fastverify import Decline, FastPath, FastPlan
+from pacswarm.fastverify import Decline, FastPath, FastPlan, catch_up
 from pacswarm.verify import verify_signature
 from tests.integration.test_signature_rules import pacman_accepts, pacswarm_verify
 from tests.support import gpg
@@ -352,3 +352,27 @@ def test_key_expiry_is_judged_now_even_mid_download(world: World, tmp_path: Path
         gpg.kill_agent(home)
     assert not late_accept
     assert isinstance(late_plan, Decline) and "expired" in late_plan.reason, late_plan
+
+
+def test_sha512_hash_caught_up_from_the_file_accepts_as_a_whole_one(
+    world: World, tmp_path: Path
+) -> None:
+    """A SHA-512 .sig arriving mid-download: the second hash, started from the first bytes of
+    the temp file and fed the rest, gives the same verdict as one over the whole file."""
+    pkg = world.repo.packages["bigpkg"]
+    data = pkg.path.read_bytes()
+    signature = _packager(world, pkg.path, "--digest-algo", "SHA512")
+    gpgdir = _keyring(world, "full", tmp_path / "keyring")
+    try:
+        plan = FastPath(gpgdir).plan(signature)
+    finally:
+        gpg.kill_agent(gpgdir)
+    assert isinstance(plan, FastPlan) and plan.hash_name == "sha512", plan
+    half = len(data) // 2
+    running = catch_up("sha512", pkg.path, half)
+    running.update(data[half:])
+    assert plan.accepts(running)
+    assert plan.verdict().ok and plan.verdict().signer == world.repo.packager_fpr
+    short = catch_up("sha512", pkg.path, half)
+    short.update(data[half:-1])
+    assert not plan.accepts(short)
