@@ -376,3 +376,30 @@ def test_sha512_hash_caught_up_from_the_file_accepts_as_a_whole_one(
     short = catch_up("sha512", pkg.path, half)
     short.update(data[half:-1])
     assert not plan.accepts(short)
+
+
+@pytest.mark.parametrize("who", ["packager", "rsa"])
+def test_no_single_byte_change_of_a_good_signature_is_accepted_unless_gpg_accepts(
+    world: World, tmp_path: Path, who: str
+) -> None:
+    """Every byte of a good .sig flipped in turn: whatever the fast path accepts, gpg accepts
+    too (gpg is asked only then). Every other change is a decline or a failed check."""
+    pkg = world.repo.packages["libgreet"]
+    signature = _packager(world, pkg.path) if who == "packager" else _by("rsa")(world, pkg.path)
+    gpgdir = _keyring(world, "full", tmp_path / "keyring")
+    running = hashlib.sha256(pkg.path.read_bytes())
+    fast = FastPath(gpgdir)
+    accepted: list[int] = []
+    try:
+        assert fast_accepts(gpgdir, pkg.path, signature) is True
+        for i in range(len(signature)):
+            damaged = bytearray(signature)
+            damaged[i] ^= 0x41
+            plan = fast.plan(bytes(damaged))
+            if isinstance(plan, FastPlan) and plan.accepts(running):
+                accepted.append(i)
+                verdict = asyncio.run(verify_signature(gpgdir, pkg.path, bytes(damaged)))
+                assert verdict.ok, f"byte {i}: fast path accepted, gpg: {verdict}"
+    finally:
+        gpg.kill_agent(gpgdir)
+    assert len(accepted) < len(signature) // 4, accepted  # only bytes no check covers
