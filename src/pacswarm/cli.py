@@ -154,25 +154,34 @@ def cmd_verify(config: Config, package: Path, sig: Path | None) -> int:
     except OSError as e:
         print(f"{e.filename}: cannot read ({e.strerror or 'no such file'})", file=sys.stderr)
         return 1
-    why_gpg = "fast_verify is off"
-    if getattr(config, "fast_verify", True):
-        plan = FastPath(config.gpgdir).plan(signature)
-        if isinstance(plan, FastPlan):
-            running = hashlib.new(plan.hash_name)
-            with package.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    running.update(chunk)
-            if plan.accepts(running):
-                print(f"{package}: OK: verified in-process ({plan.description})")
-                return 0
-            why_gpg = "the in-process check did not verify"
-        else:
-            why_gpg = plan.reason
+    why_gpg = _in_process(config, package, signature)
+    if why_gpg is None:
+        return 0
     verdict = asyncio.run(verify_signature(config.gpgdir, package, signature))
     status = "OK" if verdict.ok else "FAILED"
     word = "verified" if verdict.ok else "refused"
     print(f"{package}: {status}: {word} by gpg: {verdict.reason} (not in-process: {why_gpg})")
     return 0 if verdict.ok else 1
+
+
+def _in_process(config: Config, package: Path, signature: bytes) -> str | None:
+    """``None`` after printing an in-process acceptance, else why gpg must decide."""
+    if not getattr(config, "fast_verify", True):
+        return "fast_verify is off"
+    plan = FastPath(config.gpgdir).plan(signature)
+    if not isinstance(plan, FastPlan):
+        return plan.reason
+    running = hashlib.new(plan.hash_name)
+    try:
+        with package.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                running.update(chunk)
+    except OSError as e:
+        return f"cannot read the package ({e.strerror})"
+    if not plan.accepts(running):
+        return "the in-process check did not verify"
+    print(f"{package}: OK: verified in-process ({plan.description})")
+    return None
 
 
 def cmd_id(config: Config) -> int:
