@@ -17,10 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from pacswarm import openpgp
+from pacswarm.cli import cmd_verify
+from pacswarm.config import Config
 from pacswarm.fastverify import Decline, FastPath, FastPlan, catch_up
 from pacswarm.verify import verify_signature
 from tests.integration.test_signature_rules import pacman_accepts, pacswarm_verify
@@ -403,3 +407,23 @@ def test_no_single_byte_change_of_a_good_signature_is_accepted_unless_gpg_accept
     finally:
         gpg.kill_agent(gpgdir)
     assert len(accepted) < len(signature) // 4, accepted  # only bytes no check covers
+
+
+@pytest.mark.parametrize("fast_verify", [True, False])
+def test_fast_verify_false_sends_every_signature_to_gpg(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], fast_verify: bool
+) -> None:
+    """``fast_verify = false`` (pacswarm.toml): the same verdict, always from gpg."""
+    pkg = world.repo.packages["libgreet"]
+    gpgdir = _keyring(world, "full", tmp_path / "keyring")
+    config = cast(Config, SimpleNamespace(gpgdir=gpgdir, fast_verify=fast_verify))
+    try:
+        rc = cmd_verify(config, pkg.path, pkg.sig_path)
+    finally:
+        gpg.kill_agent(gpgdir)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    if fast_verify:
+        assert "verified in-process (Ed25519/SHA-256" in out, out
+    else:
+        assert "verified by gpg" in out and "not in-process: fast_verify is off" in out, out
