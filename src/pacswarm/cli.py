@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import sys
@@ -20,6 +21,7 @@ from pacswarm import __version__
 from pacswarm.config import Config, config_keys, load_config
 from pacswarm.dbsync import reset_held
 from pacswarm.errors import PacswarmError
+from pacswarm.fastverify import FastPath, FastPlan
 from pacswarm.gc import collect_offline, summary_lines
 from pacswarm.ipfs.identity import load_or_create_identity, peer_id_of
 from pacswarm.ipfs.unixfs import import_stream
@@ -139,6 +141,11 @@ def cmd_serve(config: Config) -> int:
 
 
 def cmd_verify(config: Config, package: Path, sig: Path | None) -> int:
+    """pacman's verdict on ``package`` and its ``.sig``, naming the path that decided.
+
+    The in-process path (:mod:`pacswarm.fastverify`) may only accept; whatever it declines or
+    cannot verify goes to gpg, whose verdict is final, with the reason it was not in-process.
+    """
     sig = sig or package.with_name(package.name + ".sig")
     try:
         signature = sig.read_bytes()
@@ -147,10 +154,34 @@ def cmd_verify(config: Config, package: Path, sig: Path | None) -> int:
     except OSError as e:
         print(f"{e.filename}: cannot read ({e.strerror or 'no such file'})", file=sys.stderr)
         return 1
+    why_gpg = _in_process(config, package, signature)
+    if why_gpg is None:
+        return 0
     verdict = asyncio.run(verify_signature(config.gpgdir, package, signature))
     status = "OK" if verdict.ok else "FAILED"
-    print(f"{package}: {status}: {verdict.reason}")
+    word = "verified" if verdict.ok else "refused"
+    print(f"{package}: {status}: {word} by gpg: {verdict.reason} (not in-process: {why_gpg})")
     return 0 if verdict.ok else 1
+
+
+def _in_process(config: Config, package: Path, signature: bytes) -> str | None:
+    """``None`` after printing an in-process acceptance, else why gpg must decide."""
+    if not getattr(config, "fast_verify", True):
+        return "fast_verify is off"
+    plan = FastPath(config.gpgdir).plan(signature)
+    if not isinstance(plan, FastPlan):
+        return plan.reason
+    running = hashlib.new(plan.hash_name)
+    try:
+        with package.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                running.update(chunk)
+    except OSError as e:
+        return f"cannot read the package ({e.strerror})"
+    if not plan.accepts(running):
+        return "the in-process check did not verify"
+    print(f"{package}: OK: verified in-process ({plan.description})")
+    return None
 
 
 def cmd_id(config: Config) -> int:

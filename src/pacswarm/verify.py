@@ -59,6 +59,9 @@ class Verdict:
     fingerprint: str = ""
     #: The check itself failed here (gpg missing, stuck): not the sender's fault.
     local: bool = False
+    #: The signing key's fingerprint from gpg's ``VALIDSIG`` (a subkey's own, if a subkey
+    #: signed), set on an accepted verdict: what the fast path's trust cache confirms.
+    signer: str | None = None
 
     def __str__(self) -> str:
         return self.reason
@@ -244,9 +247,14 @@ def decide(status_output: str, notes: str = "") -> Verdict:
             fprs[0],
         )
     if len(fprs) == 1:
-        return Verdict(True, f"valid signature by {fprs[0]}, fully trusted", fprs[0])
+        return Verdict(
+            True, f"valid signature by {fprs[0]}, fully trusted", fprs[0], signer=fprs[0]
+        )
     return Verdict(
-        True, f"{len(fprs)} valid signatures by {', '.join(fprs)}, all fully trusted", fprs[0]
+        True,
+        f"{len(fprs)} valid signatures by {', '.join(fprs)}, all fully trusted",
+        fprs[0],
+        signer=fprs[0],
     )
 
 
