@@ -59,6 +59,8 @@ class Verdict:
     fingerprint: str = ""
     #: The check itself failed here (gpg missing, stuck): not the sender's fault.
     local: bool = False
+    #: Who decided: ``"gpg"``, or ``"in-process"`` (the fast path, which only accepts).
+    path: str = "gpg"
 
     def __str__(self) -> str:
         return self.reason
