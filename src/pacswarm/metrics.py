@@ -127,6 +127,12 @@ class Metrics:
             ["reason", "source"],
             registry=r,
         )
+        self.signature_checks = Counter(
+            "pacswarm_signature_checks",
+            "Package signatures decided, by who decided (in-process or gpg) and outcome",
+            ["path", "outcome"],
+            registry=r,
+        )
         self.download_seconds = Histogram(
             "pacswarm_download_seconds",
             "Duration of package downloads, by outcome",
@@ -182,6 +188,10 @@ class Metrics:
         self.bytes.labels("mirror", "db").inc(size)
         self.traffic.add("mirror", size)
         self.traffic.gave(self.traffic.mirrors, mirror, size)
+
+    def signature_checked(self, path: str, accepted: bool) -> None:
+        """A signature was decided by ``path`` (``"in-process"`` or ``"gpg"``)."""
+        self.signature_checks.labels(path, "accepted" if accepted else "refused").inc()
 
     def first_byte(self, seconds: float) -> None:
         self.first_byte_seconds.observe(seconds)

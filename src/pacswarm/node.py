@@ -21,6 +21,7 @@ from pacswarm.config import DEFAULT_MIRROR, Config
 from pacswarm.dbsync import RepoDbs
 from pacswarm.errors import ConfigError, MirrorlistError
 from pacswarm.events import Committed, NodeEvents
+from pacswarm.fastverify import FastPath
 from pacswarm.fetch.admit import Admission, GpgVerifier
 from pacswarm.fetch.download import Downloader
 from pacswarm.fetch.peers import GatewaySource, PeerHealth, peer_session
@@ -117,7 +118,11 @@ class Node:
             peers=self.swarm.sources,
             peers_ready=self.swarm.ready,
         )
-        admission = Admission(self.store, self.upstream, GpgVerifier(config.gpgdir), self.events)
+        fast = FastPath(config.gpgdir) if config.fast_verify else None
+        admission = Admission(
+            self.store, self.upstream, GpgVerifier(config.gpgdir, fast), self.events
+        )
+        admission.on_checked = self.metrics.signature_checked
         self.downloader = Downloader(self.store, plan, admission, config, self.metrics)
         self.ipns = IpnsService(config, self.store, self.dbs)
         self.proxy = Proxy(

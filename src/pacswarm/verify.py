@@ -62,6 +62,8 @@ class Verdict:
     #: The signing key's fingerprint from gpg's ``VALIDSIG`` (a subkey's own, if a subkey
     #: signed), set on an accepted verdict: what the fast path's trust cache confirms.
     signer: str | None = None
+    #: Who decided: ``"gpg"``, or ``"in-process"`` (the fast path, which only accepts).
+    path: str = "gpg"
 
     def __str__(self) -> str:
         return self.reason

@@ -81,11 +81,20 @@ def _verdict(signature: bytes) -> Verdict:
 
 
 class _Verifier:
-    def start(self, signature: bytes, data: Path) -> _Check:
+    """Decides by the signature's bytes (``good``/anything else): the pipeline's logic is
+    tested here, gpg's decision in the integration tests."""
+
+    async def prepare(self, signature: bytes) -> None:
+        return None
+
+    def start(self, signature: bytes, data: Path, running: object, plan: object) -> _Check:
         return _Check(signature)
 
     async def verify(self, data: Path, signature: bytes) -> Verdict:
         return _verdict(signature)
+
+    def confirm(self, verdict: Verdict) -> None:
+        pass
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +34,8 @@ from pacswarm.errors import (
     VerificationError,
 )
 from pacswarm.events import Committed, NodeEvents
+from pacswarm.fastcheck import Hash, InProcessCheck
+from pacswarm.fastverify import Decline, FastPath, FastPlan
 from pacswarm.fetch.mirrors import MAX_SIGNATURE, check_status, each_mirror, read_body
 from pacswarm.fetch.source import Want
 from pacswarm.requestpath import FileKind, RequestPath
@@ -71,26 +74,58 @@ class StreamingCheck(Protocol):
 class Verifier(Protocol):
     """Who decides whether a signature is trusted: gpg on the pacman keyring, in the node."""
 
-    def start(self, signature: bytes, data: Path) -> StreamingCheck:
-        """Begin checking ``signature`` over ``data`` while it is still being written."""
+    async def prepare(self, signature: bytes) -> FastPlan | None:
+        """Before the bytes: a plan to decide ``signature`` in-process, or None (gpg)."""
+        ...
+
+    def start(
+        self, signature: bytes, data: Path, running: Callable[[], Hash], plan: FastPlan | None
+    ) -> StreamingCheck:
+        """Begin checking ``signature`` over ``data`` while it is still being written;
+        ``running`` is the download's SHA-256 over the bytes written so far."""
         ...
 
     async def verify(self, data: Path, signature: bytes) -> Verdict:
         """Check ``signature`` over the complete file ``data``."""
         ...
 
+    def confirm(self, verdict: Verdict) -> None:
+        """gpg accepted ``verdict``'s signature (the fast path learns confirmed subkeys)."""
+        ...
+
 
 class GpgVerifier:
-    """pacman's decision: gpg with the pacman keyring (pacswarm.verify, pacswarm.sigstream)."""
+    """pacman's decision: gpg with the pacman keyring (pacswarm.verify, pacswarm.sigstream),
+    and, with ``fast``, the usual signatures decided in-process (pacswarm.fastcheck), which
+    may only accept: anything it is not sure of still goes to gpg."""
 
-    def __init__(self, gpgdir: Path) -> None:
+    def __init__(self, gpgdir: Path, fast: FastPath | None = None) -> None:
         self.gpgdir = gpgdir
+        self.fast = fast
 
-    def start(self, signature: bytes, data: Path) -> StreamingCheck:
-        return SignatureCheck(self.gpgdir, signature, data)
+    async def prepare(self, signature: bytes) -> FastPlan | None:
+        if self.fast is None:
+            return None
+        # A thread: a stale trust cache is rebuilt from gpg (tens of ms) inside plan().
+        plan = await asyncio.to_thread(self.fast.plan, signature)
+        if isinstance(plan, Decline):
+            log.debug("gpg decides this signature: %s", plan.reason)
+            return None
+        return plan
+
+    def start(
+        self, signature: bytes, data: Path, running: Callable[[], Hash], plan: FastPlan | None
+    ) -> StreamingCheck:
+        if plan is None or self.fast is None:
+            return SignatureCheck(self.gpgdir, signature, data)
+        return InProcessCheck(plan, running, data, lambda: self.verify(data, signature))
 
     async def verify(self, data: Path, signature: bytes) -> Verdict:
         return await verify_signature(self.gpgdir, data, signature)
+
+    def confirm(self, verdict: Verdict) -> None:
+        if self.fast is not None and verdict.ok:
+            self.fast.confirm(verdict)
 
 
 @dataclass(frozen=True)
@@ -113,6 +148,8 @@ class Admission:
         self.upstream = upstream
         self.verifier = verifier
         self.events = events
+        #: Called with (who decided: "in-process" or "gpg", accepted) for every verdict.
+        self.on_checked: Callable[[str, bool], None] | None = None
 
     # -- signatures ------------------------------------------------------------------------
 
@@ -205,6 +242,10 @@ class Admission:
         if verdict.local:
             # Our own check broke (gpg missing or hung): refuse, but blame no source.
             raise SignatureUncheckable(f"could not check the signature: {verdict.reason}")
+        if verdict.ok and verdict.path == "gpg":
+            self.verifier.confirm(verdict)
+        if self.on_checked is not None:
+            self.on_checked(verdict.path, verdict.ok)
         return verdict
 
     # -- the commit --------------------------------------------------------------------

@@ -43,6 +43,7 @@ from pacswarm.errors import (
     UpstreamError,
     VerificationError,
 )
+from pacswarm.fastverify import FastPlan
 from pacswarm.fetch.admit import Admission, BadBytes, Signed, StreamingCheck
 from pacswarm.fetch.mirrors import final_status
 from pacswarm.fetch.observer import DownloadObserver, Unobserved
@@ -109,6 +110,7 @@ class Download:
         self.signature: bytes = b""  # set once admitted; served for the .sig that follows
         self.check: StreamingCheck | None = None  # gpg, fed as bytes arrive
         self.first: Signed | None = None  # the signature checked first, once known
+        self.plan: FastPlan | None = None  # how to decide it in-process, if it can be
         self.readers: set[_Reader] = set()
         self.recording = False  # the cut records are being taken: readers send nothing
         self.done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
@@ -291,13 +293,15 @@ class Downloader:
     async def _first_signature(self, dl: Download) -> Signed | None:
         """Get the first signature while the bytes come, and start gpg on them."""
         signed = await self.admission.first_signature(dl.want)
+        if signed is not None:
+            dl.plan = await self.admission.verifier.prepare(signed.signature)
         dl.first = signed
         if signed is not None and dl.state is State.RUNNING:
             self._start_check(dl, signed)
         return signed
 
     def _start_check(self, dl: Download, signed: Signed) -> None:
-        dl.check = self.admission.verifier.start(signed.signature, dl.path)
+        dl.check = self.admission.verifier.start(signed.signature, dl.path, lambda: dl.sha, dl.plan)
         dl.check.advance(dl.written)
 
     async def _until_admitted(self, dl: Download, sig_task: asyncio.Task[Signed | None]) -> Signed:
