@@ -118,10 +118,9 @@ class Node:
             peers=self.swarm.sources,
             peers_ready=self.swarm.ready,
         )
-        fast = FastPath(config.gpgdir) if config.fast_verify else None
-        admission = Admission(
-            self.store, self.upstream, GpgVerifier(config.gpgdir, fast), self.events
-        )
+        self.fast = FastPath(config.gpgdir) if config.fast_verify else None
+        verifier = GpgVerifier(config.gpgdir, self.fast)
+        admission = Admission(self.store, self.upstream, verifier, self.events)
         admission.on_checked = self.metrics.signature_checked
         self.downloader = Downloader(self.store, plan, admission, config, self.metrics)
         self.ipns = IpnsService(config, self.store, self.dbs)
@@ -214,12 +213,26 @@ class Node:
         app.add_routes(self.proxy.routes())
         return app
 
+    async def _warm_fast_path(self) -> None:
+        """Build the trust cache now (gpg lists the keyring), not in the first download."""
+        if self.fast is None:
+            log.info("signatures: every one checked by gpg (fast_verify = false)")
+        elif await asyncio.to_thread(lambda: self.fast is not None and self.fast.enabled):
+            log.info("signatures: the usual ones decided in-process, the rest by gpg")
+        else:
+            log.warning(
+                "signatures: every one checked by gpg: %s/gpg.conf or its trustdb uses options "
+                "the in-process check does not follow",
+                self.config.gpgdir,
+            )
+
     async def start(self) -> None:
         self.store.open()
         self.store.recover()
         self.dbs.load_held()
         self.swarm.open(self.config.data_dir)
         await self.upstream.start()
+        await self._warm_fast_path()
         # One line per request at log_level = "debug" (status, size, time): enough to see a
         # 304, a 206 resume or a cut transfer without a packet capture.
         access = logging.getLogger("pacswarm.access") if self.config.log_level == "debug" else None

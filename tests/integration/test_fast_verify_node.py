@@ -8,9 +8,11 @@ what gpg would), a signature it cannot be sure of still gets gpg's verdict, and 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from tests.integration.conftest import NodeFactory, PacmanFactory
 from tests.integration.test_metrics import scrape, value
+from tests.support import gpg
 from tests.support.dbedit import strip_pgpsig_everywhere
 from tests.support.mirror import MirrorServer
 from tests.support.testrepo import TestRepo
@@ -61,3 +63,29 @@ def test_a_trusted_key_signature_over_other_bytes_gets_gpgs_refusal(
     assert value(got, CHECKS, path="in-process", outcome="accepted") == 0
     assert value(got, CHECKS, path="gpg", outcome="refused") >= 1
     assert not [p for p in node.cached_files() if p.name.startswith("libgreet")], node.log()
+
+
+def test_a_sha512_signature_is_decided_in_process_from_a_second_hash(
+    test_repo: TestRepo, mirror: MirrorServer, make_node: NodeFactory, make_pacman: PacmanFactory
+) -> None:
+    """A packager whose gpg.conf asks for SHA-512 (about a third of Arch's): the node hashes
+    the 20 MiB package a second time as it arrives, and decides without gpg."""
+    strip_pgpsig_everywhere(mirror.root)  # the mirror's .sig is then what counts
+    pkg = test_repo.packages["largepkg"]
+    served = mirror.root / pkg.repo / "os" / "x86_64" / pkg.filename
+    try:
+        key = f"{test_repo.packager_fpr}!"
+        sig = gpg.run_gpg(test_repo.gnupghome, "--digest-algo", "SHA512", "--local-user", key,
+                          "--detach-sign", "-o", "-", str(served))  # fmt: skip
+    finally:
+        gpg.kill_agent(test_repo.gnupghome)
+    Path(f"{served}.sig").write_bytes(sig.stdout)
+    node = make_node([mirror.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    result = pacman.run("-S", "largepkg")
+    assert result.returncode == 0, result.stdout + node.log()
+    assert node.wait_cached(pkg.filename).read_bytes() == served.read_bytes()
+    got = scrape(node)
+    assert value(got, CHECKS, path="in-process", outcome="accepted") == 1, node.log()
+    assert value(got, CHECKS, path="gpg", outcome="accepted") == 0
