@@ -544,14 +544,23 @@ class Downloader:
             log.error("verified %s but could not cache it: %s (check free space)", dl.rp, e)
             # Readers go on from the open file (dl.fd): pacman still gets its verified file.
             self._not_cached(dl, f"could not cache {dl.rp.filename}: {e}")
-            cached = self.store.cache_path(dl.rp)
-            if not cached.exists():  # the commit wrote the .sig first: no orphan is left
-                cached.with_name(cached.name + ".sig").unlink(missing_ok=True)
+            self._undo_commit(dl)
             return
         dl.path = dest  # same loop step as the rename
         self._unregister(dl)  # a new request now hits the cache
         dl.done.set_result(dest)
         self.observer.finished(asyncio.get_running_loop().time() - dl.started, True)
+
+    def _undo_commit(self, dl: Download) -> None:
+        """A commit that failed midway (it writes the .sig, then the row, then renames) must
+        leave no .sig or row of a package the cache does not hold."""
+        if self.store.cache_path(dl.rp).exists():
+            return  # an older copy stays (the rename is the last step)
+        try:
+            self.store.remove_package(dl.rp)
+            self.store.removal_done(dl.rp)  # never announced: nobody to tell
+        except (OSError, sqlite3.Error) as e:
+            log.warning("%s: the failed commit leaves a stale entry until restart: %s", dl.rp, e)
 
     def _not_cached(self, dl: Download, reason: str) -> None:
         """A verified download that is not cached: readers finish from the open file, which
