@@ -177,13 +177,18 @@ class Download:
 
     async def room(self) -> None:
         """Streamed: wait until the slowest reader leaves room in memory (back-pressure)."""
-        while self.spill is not None and self.spill.full and self.state is State.RUNNING:
+        while self._held_for_readers():
             self._room.clear()
             self.waiting = True
             try:
                 await self._room.wait()
             finally:
                 self.waiting = False
+
+    def _held_for_readers(self) -> bool:
+        if self.spill is None or self.state is not State.RUNNING:
+            return False
+        return self.spill.full(self.size - HOLDBACK)
 
     def end(self) -> None:
         """The task is over; the file closes now or when its last reader leaves."""
@@ -544,18 +549,22 @@ class Downloader:
             log.error("verified %s but could not cache it: %s (check free space)", dl.rp, e)
             # Readers go on from the open file (dl.fd): pacman still gets its verified file.
             self._not_cached(dl, f"could not cache {dl.rp.filename}: {e}")
-            self._undo_commit(dl)
+            self._undo_commit(dl, e)
             return
         dl.path = dest  # same loop step as the rename
         self._unregister(dl)  # a new request now hits the cache
         dl.done.set_result(dest)
         self.observer.finished(asyncio.get_running_loop().time() - dl.started, True)
 
-    def _undo_commit(self, dl: Download) -> None:
+    def _undo_commit(self, dl: Download, error: OSError | sqlite3.Error) -> None:
         """A commit that failed midway (it writes the .sig, then the row, then renames) must
         leave no .sig or row of a package the cache does not hold."""
-        if self.store.cache_path(dl.rp).exists():
+        cached = self.store.cache_path(dl.rp)
+        if cached.exists():
             return  # an older copy stays (the rename is the last step)
+        if isinstance(error, sqlite3.Error):  # no row was written (asking again would block)
+            cached.with_name(cached.name + ".sig").unlink(missing_ok=True)
+            return
         try:
             self.store.remove_package(dl.rp)
             self.store.removal_done(dl.rp)  # never announced: nobody to tell

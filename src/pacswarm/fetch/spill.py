@@ -38,10 +38,11 @@ class Spill:
         """Bytes in memory now."""
         return self.end - self.base
 
-    @property
-    def full(self) -> bool:
-        """The source must wait: the slowest reader has this much left to send."""
-        return self.held >= self.limit
+    def full(self, sendable: int) -> bool:
+        """The source must wait: the window is full of bytes below ``sendable`` (what readers
+        may send now). Bytes past it (the held-back tail) do not count: readers wait for the
+        verdict to send them, and the verdict waits for the source."""
+        return min(self.end, sendable) - self.base >= self.limit
 
     def append(self, chunk: bytes) -> None:
         if chunk:
