@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import NodeFactory, PacmanFactory
+from tests.support.dbedit import strip_pgpsig
 from tests.support.mirror import MirrorServer
 from tests.support.node import PacswarmNode
 from tests.support.pacman import PacmanEnv
@@ -129,6 +130,33 @@ def test_no_room_before_the_download_installs_streamed_then_caches_once_space_re
 
     assert _run("mount", "-o", "remount,size=256m", str(data)).returncode == 0
     _installs_again_and_is_cached(pacman, node, test_repo, "bigpkg")
+
+
+def test_a_package_larger_than_the_memory_window_streams_checked_against_the_mirrors_sig(
+    mount: Mount,
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+    tmp_path: Path,
+) -> None:
+    """No %PGPSIG% in the db: the signature is the mirror's .sig, known only after the first
+    bytes; every byte still reaches gpg (held until it came), and a package larger than the
+    node's 16 MiB memory window passes through it to pacman whole."""
+    strip_pgpsig(mirror.root / "extra/os/x86_64", "extra")
+    mount(tmp_path / "node", "-t", "tmpfs", "-o", "size=24m", "tmpfs")
+    node = make_node([mirror.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    pkg = test_repo.packages["largepkg"]
+    assert pkg.repo == "extra" and pkg.size > 16 * MiB
+
+    result = pacman.run("-S", "largepkg")
+
+    assert result.returncode == 0, result.stdout + node.log()
+    assert (pacman.cachedir / pkg.filename).read_bytes() == pkg.path.read_bytes()
+    assert any(STREAMED in line and pkg.filename in line for line in node.log().splitlines())
+    assert _leftovers(node, pkg.filename) == []
 
 
 def test_the_disk_filling_mid_transfer_still_installs_and_leaves_nothing_half_written(
