@@ -20,14 +20,12 @@ Readers (one per HTTP request) follow the temp file and stream it to pacman:
   fails is cut (pacman sees a failed transfer); what it sent is recorded (:mod:`.resume`) to
   judge pacman's resume on its next run, while the download carries on and caches the file.
 
-A download runs *streamed* when the cache disk is full (:mod:`.spill`): before it starts
-(only for pacman's requests, ``stream_if_full``) or when the temp file's write fails with
-``ENOSPC`` mid-transfer. Nothing is cached; the bytes already written stay readable from the
-open temp file and the rest passes through a bounded memory window, the source waiting for
-the slowest reader. Verification is the same (sha256, signature fed from memory, hold-back)
-except that the verify window is skipped: the bytes cannot wait in memory for it, and the
-hold-back alone keeps a bad file incomplete on pacman's side. A streamed download leaves the
-registry (a new request starts its own) and stops when its last reader leaves.
+A download runs *streamed* (nothing cached, :mod:`.spill`) when the cache disk is full
+before it starts (pacman's requests only: ``stream_if_full``) or mid-transfer (``ENOSPC``).
+Verification is the same (sha256, the signature fed from memory, hold-back) but the verify
+window is skipped: the bytes cannot wait in memory for it, and the hold-back alone keeps a
+bad file incomplete on pacman's side. It leaves the registry (a new request starts its own)
+and stops when its last reader leaves.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import errno
 import hashlib
 import logging
 import math
@@ -59,7 +56,7 @@ from pacswarm.fetch.observer import DownloadObserver, Unobserved
 from pacswarm.fetch.plan import Scope, SourcePlan
 from pacswarm.fetch.resume import Cut, CutTransfers, digest_range
 from pacswarm.fetch.source import Source, SourceFault, Want
-from pacswarm.fetch.spill import Spill
+from pacswarm.fetch.spill import Spill, write_until_full
 from pacswarm.requestpath import RequestPath
 from pacswarm.store import Store
 
@@ -74,8 +71,6 @@ READ_CHUNK = 256 * 1024
 WATCHDOG_TICK = 0.25
 #: Free space kept on the cache filesystem beyond a download's size (the db, SQLite, logs).
 DISK_RESERVE = 64 * 1024 * 1024
-#: A write failing with these means the disk is full: the download goes on streamed.
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class State(enum.Enum):
@@ -116,7 +111,6 @@ class Download:
         self.spill: Spill | None = None  # streamed (disk full): the bytes after the file's
         self.sig_known = False  # the first signature is known: streamed bytes may be dropped
         self.ended = False  # the task is over: the last reader closes ``fd``
-        self.waiting = False  # the source waits for readers (not a stall)
         self.abandoned = False  # streamed and every reader left: stopped
         self.task: asyncio.Task[None] | None = None
         self.generation = 0
@@ -134,7 +128,6 @@ class Download:
         self.started = asyncio.get_running_loop().time()
         self.got_first_byte = False
         self._changed = asyncio.Event()
-        self._room = asyncio.Event()
 
     @property
     def rp(self) -> RequestPath:
@@ -172,28 +165,13 @@ class Download:
         """Streamed: drop the bytes every reader sent (and gpg got), making room for more."""
         if self.spill is None or not self.sig_known:
             return  # a signature arriving late is checked on every byte: keep them
-        if self.spill.trim(min((r.pos for r in self.readers), default=self.spill.end)):
-            self._room.set()
-
-    async def room(self) -> None:
-        """Streamed: wait until the slowest reader leaves room in memory (back-pressure)."""
-        while self._held_for_readers():
-            self._room.clear()
-            self.waiting = True
-            try:
-                await self._room.wait()
-            finally:
-                self.waiting = False
-
-    def _held_for_readers(self) -> bool:
-        if self.spill is None or self.state is not State.RUNNING:
-            return False
-        return self.spill.full(self.size - HOLDBACK)
+        self.spill.trim(min((r.pos for r in self.readers), default=self.spill.end))
 
     def end(self) -> None:
         """The task is over; the file closes now or when its last reader leaves."""
         self.ended = True
-        self._room.set()
+        if self.spill is not None:
+            self.spill.release()
         if not self.readers:
             self._close()
 
@@ -643,7 +621,7 @@ class Downloader:
                 if done:
                     return task.result()
                 now = loop.time()
-                if dl.waiting:  # waiting for readers (streamed) is not the source's stall
+                if dl.spill is not None and dl.spill.waiting:  # for readers: not a stall
                     window_start, window_bytes = now, dl.written
                     continue
                 if first_byte is not None and dl.written == offset and now - started >= first_byte:
@@ -684,13 +662,14 @@ class Downloader:
                 self._append(dl, chunk)
                 if dl.written == dl.size:
                     return
-                await dl.room()
+                if dl.spill is not None:  # the slowest reader sets the pace
+                    await dl.spill.room(dl.size - HOLDBACK)
         if dl.written < dl.size:
             raise SourceFault(f"connection closed at byte {dl.written} of {dl.size}")
 
     def _append(self, dl: Download, chunk: bytes) -> None:
         rest = chunk if dl.spill is not None else self._write(dl, chunk)
-        if rest:
+        if rest:  # streamed
             assert dl.spill is not None
             dl.spill.append(rest)
             if dl.check is not None:
@@ -704,16 +683,11 @@ class Downloader:
     def _write(self, dl: Download, chunk: bytes) -> bytes:
         """Write ``chunk`` to the temp file; what did not fit (then the download is streamed)."""
         assert dl.fd is not None
-        view, done = memoryview(chunk), 0
-        try:
-            while done < len(chunk):
-                done += os.pwrite(dl.fd, view[done:], dl.written + done)
-        except OSError as e:
-            if e.errno not in NO_SPACE:
-                raise
-            self._go_streamed(dl, dl.written + done)
-            return chunk[done:]
-        return b""
+        done = write_until_full(dl.fd, chunk, dl.written)
+        if done == len(chunk):
+            return b""
+        self._go_streamed(dl, dl.written + done)
+        return chunk[done:]
 
 
 async def _as_faults(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

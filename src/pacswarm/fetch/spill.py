@@ -7,12 +7,19 @@ goes through a :class:`Spill`, a bounded window of the file held in memory. Byte
 window once every reader has sent them; a full window makes the source wait for the slowest
 reader (back-pressure), so memory stays bounded whatever the package's size.
 
-Pure logic, no I/O: the download decides when to append, trim and wait.
+The window itself does no I/O: the download decides when to append, trim and wait;
+:func:`write_until_full` is the one write that tells a full disk from other errors.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
 from collections import deque
+
+#: A write failing with these means the disk is full: the download goes on streamed.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 #: Bytes of a streamed download held in memory at most, beyond what readers already sent.
 #: A few seconds of a fast mirror: enough that a reader never starves while the source waits.
@@ -31,7 +38,10 @@ class Spill:
         self.base = kept  # first byte still held
         self.end = kept  # one past the last byte appended
         self.limit = limit
+        self.waiting = False  # the source waits for readers: not a stall of the source
         self._chunks: deque[tuple[int, bytes]] = deque()  # (offset, bytes), in order
+        self._freed = asyncio.Event()
+        self._released = False
 
     @property
     def held(self) -> int:
@@ -42,7 +52,22 @@ class Spill:
         """The source must wait: the window is full of bytes below ``sendable`` (what readers
         may send now). Bytes past it (the held-back tail) do not count: readers wait for the
         verdict to send them, and the verdict waits for the source."""
-        return min(self.end, sendable) - self.base >= self.limit
+        return not self._released and min(self.end, sendable) - self.base >= self.limit
+
+    async def room(self, sendable: int) -> None:
+        """Wait while :meth:`full` (back-pressure on the source)."""
+        while self.full(sendable):
+            self._freed.clear()
+            self.waiting = True
+            try:
+                await self._freed.wait()
+            finally:
+                self.waiting = False
+
+    def release(self) -> None:
+        """The download is over: nobody waits for room any more."""
+        self._released = True
+        self._freed.set()
 
     def append(self, chunk: bytes) -> None:
         if chunk:
@@ -73,6 +98,8 @@ class Spill:
             offset, chunk = self._chunks.popleft()
             self.base = offset + len(chunk)
             freed = True
+        if freed:
+            self._freed.set()
         return freed
 
     def held_bytes(self) -> list[bytes]:
@@ -80,4 +107,20 @@ class Spill:
         return [chunk for _, chunk in self._chunks]
 
 
-__all__ = ["SPILL_LIMIT", "Spill"]
+def write_until_full(fd: int, chunk: bytes, offset: int) -> int:
+    """Write ``chunk`` at ``offset``; how many bytes fit (fewer: the disk is full).
+
+    A short write is continued (the next ``pwrite`` reports the ``ENOSPC``); any other
+    error is raised.
+    """
+    view, done = memoryview(chunk), 0
+    try:
+        while done < len(chunk):
+            done += os.pwrite(fd, view[done:], offset + done)
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+    return done
+
+
+__all__ = ["NO_SPACE", "SPILL_LIMIT", "Spill", "write_until_full"]
