@@ -197,6 +197,32 @@ def test_the_disk_filling_mid_transfer_still_installs_and_leaves_nothing_half_wr
     _installs_again_and_is_cached(pacman, node, test_repo, "bigpkg")
 
 
+def test_a_full_disk_still_serves_what_the_cache_holds(
+    mount: Mount,
+    test_repo: TestRepo,
+    mirror: MirrorServer,
+    make_node: NodeFactory,
+    make_pacman: PacmanFactory,
+    tmp_path: Path,
+) -> None:
+    """Noting that a cached package was served (SQLite) fails on a full disk: pacman must
+    still get the package, not a 500."""
+    data = mount(tmp_path / "node", "-t", "tmpfs", "-o", "size=128m", "tmpfs")
+    node = make_node([mirror.url_template])
+    pacman = make_pacman([node.url_template])
+    assert pacman.run("-Sy").returncode == 0
+    assert pacman.run("-S", "hello").returncode == 0
+    node.wait_cached(test_repo.packages["hello"].filename)
+    for path in pacman.cachedir.iterdir():
+        path.unlink()
+    _fill(data / "ballast")
+
+    result = pacman.run("-S", "hello")
+
+    assert result.returncode == 0, result.stdout + node.log()
+    assert mirror.hits(test_repo.packages["hello"].filename) == 1  # the cache served it
+
+
 def test_a_commit_that_fails_midway_leaves_no_trace_and_pacman_gets_its_file(
     mount: Mount,
     test_repo: TestRepo,

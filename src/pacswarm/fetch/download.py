@@ -204,10 +204,10 @@ class Download:
         loop = asyncio.get_running_loop()
         reader = _Reader(start, start, self.generation)
         self.readers.add(reader)
-        if self.fd is None and self.ended and self.spill is None:
-            with contextlib.suppress(FileNotFoundError):  # cached: read the file (the last
-                self.fd = os.open(self.path, os.O_RDONLY)  # reader closes it)
         try:
+            if self.fd is None and self.ended and self.spill is None:
+                with contextlib.suppress(FileNotFoundError):  # cached: read the file (the
+                    self.fd = os.open(self.path, os.O_RDONLY)  # last reader closes it)
             while reader.pos < end:
                 if self.state is State.FAILED:
                     raise DownloadFailed(self.error)
