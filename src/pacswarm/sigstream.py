@@ -211,6 +211,8 @@ class SignatureCheck:
                     memory = [] if pos < in_file else list(self._memory)
                     if memory:
                         self._memory.clear()
+                    if final is not None and pos >= in_file and not memory and pos < final:
+                        raise OSError("streamed package bytes missing before its end")
                 while pos < in_file:
                     if src is None:
                         src = os.open(self._data, os.O_RDONLY)
@@ -229,8 +231,6 @@ class SignatureCheck:
                     pos += len(chunk)
                 if final is not None and pos >= final:
                     return None
-                if final is not None and not memory and pos >= in_file and file_end is not None:
-                    raise OSError("streamed package bytes missing before its end")
         except BrokenPipeError:
             return None  # gpg stopped reading (it already knows the answer): read its verdict
         finally:
