@@ -95,7 +95,7 @@ def test_a_slow_reader_holds_the_source_back_without_a_stall_and_gets_every_byte
     tmp_path: Path,
 ) -> None:
     """Memory never holds more than the window; the source waits for the reader longer than
-    the stall timeout (0.3 s) in all, and that is not taken for a stall."""
+    the stall timeout (0.3 s), and that is not taken for a stall of the source."""
     source = Memory("mirror")
 
     async def body(w: World) -> tuple[bytes, int, str, int]:
@@ -106,7 +106,9 @@ def test_a_slow_reader_holds_the_source_back_without_a_stall_and_gets_every_byte
             got += chunk
             assert dl.spill is not None
             most = max(most, dl.spill.held)
-            await asyncio.sleep(0.03)  # a slow client: ~40 chunks, over a second
+            await asyncio.sleep(0.01)  # a slow client...
+            if len(got) == LIMIT:
+                await asyncio.sleep(1.5)  # ...that stops reading for 5 stall timeouts
         with pytest.raises(DownloadFailed) as not_cached:
             await asyncio.shield(dl.done)
         return bytes(got), most, str(not_cached.value), len(source.failures)
