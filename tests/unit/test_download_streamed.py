@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,64 @@ def test_gpg_fed_from_the_file_then_memory_judges_every_byte(
         kill_agent(pacman_gpgdir)
     assert verdict.ok is not corrupt, verdict.reason
     assert not verdict.local
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 2 MiB tmpfs (we are root in the test VM) nearly filled, so the next download hits
+    ``ENOSPC`` mid-transfer; the node's reserve is off so the check before it passes."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root with CAP_SYS_ADMIN needed): {done.stderr}")
+    monkeypatch.setattr(download, "DISK_RESERVE", 0)
+    monkeypatch.setattr(download, "Spill", lambda kept: Spill(kept, LIMIT))
+    monkeypatch.setattr(pipeline, "_Verifier", _FedVerifier)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill_leaving(disk: Path, room: int) -> None:
+    """Fill ``disk`` with a ballast file until only ``room`` bytes are free."""
+    free = shutil.disk_usage(disk).free
+    (disk / "ballast").write_bytes(bytes(free - room))
+
+
+def test_a_disk_filling_mid_transfer_streams_the_rest_to_its_reader(small_disk: Path) -> None:
+    async def body(w: World) -> tuple[bytes, str]:
+        dl = w.downloader.get_or_start(Want(RP, pipeline._record()), [Memory("m", delay=0.001)])
+        _fill_leaving(small_disk, SIZE // 3)  # before the task's first step: no byte written
+        got = b"".join([chunk async for chunk in dl.follow(0, SIZE, 0.0)])
+        assert dl.spill is not None and 0 < dl.spill.kept < SIZE  # some bytes were kept
+        with pytest.raises(DownloadFailed) as not_cached:
+            await asyncio.shield(dl.done)
+        return got, str(not_cached.value)
+
+    got, why = pipeline._run(small_disk, body)
+    assert got == DATA and "not cached" in why
+    assert not list((small_disk / "tmp").iterdir())
+
+
+def test_a_download_nobody_reads_fails_on_a_full_disk_instead_of_waiting(
+    small_disk: Path,
+) -> None:
+    """An audit or seeding download has no reader to take streamed bytes: it fails (the
+    disk is full) and frees its temp file, rather than waiting for a reader forever."""
+
+    async def body(w: World) -> str:
+        dl = w.downloader.get_or_start(Want(RP, pipeline._record()), [Memory("m")])
+        _fill_leaving(small_disk, SIZE // 3)
+        with pytest.raises(DownloadFailed) as failed:
+            await asyncio.shield(dl.done)
+        return str(failed.value)
+
+    assert "no space left" in pipeline._run(small_disk, body)
+    assert not list((small_disk / "tmp").iterdir())
