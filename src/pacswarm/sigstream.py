@@ -93,8 +93,10 @@ class SignatureCheck:
         # At most MAX_SIGNATURE_BYTES (16 KiB) < a pipe's 64 KiB: the write never blocks.
         sig_read, sig_write = os.pipe()
         try:
-            os.write(sig_write, signature)
-            os.close(sig_write)
+            try:
+                os.write(sig_write, signature)
+            finally:
+                os.close(sig_write)  # gpg reads the signature to its end
             self._proc = subprocess.Popen(
                 gpg_verify_argv(gpgdir, f"/dev/fd/{sig_read}", "-"),
                 stdin=subprocess.PIPE,
@@ -104,9 +106,7 @@ class SignatureCheck:
                 pass_fds=(sig_read,),
             )
         finally:
-            with contextlib.suppress(OSError):
-                os.close(sig_write)
-            os.close(sig_read)
+            os.close(sig_read)  # gpg has its own copy
         self._thread = threading.Thread(target=self._run, name=f"gpg {data.name}", daemon=True)
         self._thread.start()
 
