@@ -19,6 +19,7 @@ the fast path of every gpg accept, which lets it trust a subkey from then on:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -47,6 +48,8 @@ class FileHasher:
         self._cond = threading.Condition()
         self._available = 0
         self._final: int | None = None
+        self._file_end: int | None = None  # streamed (disk full): the file ends here
+        self._memory: collections.deque[bytes] = collections.deque()
         self._aborted = False
         self._error: BaseException | None = None
         self._loop = asyncio.get_running_loop()
@@ -57,6 +60,18 @@ class FileHasher:
     def advance(self, available: int) -> None:
         with self._cond:
             self._available = available
+            self._cond.notify()
+
+    def spill_from(self, offset: int) -> None:
+        """The file ends at ``offset``: every byte after it comes through :meth:`push`."""
+        with self._cond:
+            self._file_end = self._available = offset
+            self._cond.notify()
+
+    def push(self, chunk: bytes) -> None:
+        with self._cond:
+            self._memory.append(chunk)
+            self._available += len(chunk)
             self._cond.notify()
 
     def finish(self, size: int) -> None:
@@ -89,7 +104,7 @@ class FileHasher:
             self._done.set_result(None)
 
     def _follow(self) -> None:
-        fd = os.open(self._data, os.O_RDONLY)
+        fd: int | None = None  # opened on the first byte read from it (streamed: maybe none)
         pos = 0
         try:
             while True:
@@ -98,17 +113,29 @@ class FileHasher:
                         self._cond.wait()
                     if self._aborted:
                         raise OSError("hash aborted")
-                    target, final = self._available, self._final
+                    target, final, file_end = self._available, self._final, self._file_end
                 while pos < target:
-                    piece = os.pread(fd, min(HASH_READ, target - pos), pos)
-                    if not piece:
-                        raise OSError("package file shorter than its download")
+                    end = target if file_end is None else file_end
+                    if pos < end and fd is None:
+                        fd = os.open(self._data, os.O_RDONLY)
+                    piece = self._next(fd, pos, end)
                     self._hash.update(piece)
                     pos += len(piece)
                 if final is not None and pos >= final:
                     return
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
+
+    def _next(self, fd: int | None, pos: int, file_end: int) -> bytes:
+        """The bytes at ``pos``: from the file up to ``file_end``, then the pushed ones."""
+        if fd is not None and pos < file_end:
+            piece = os.pread(fd, min(HASH_READ, file_end - pos), pos)
+            if not piece:
+                raise OSError("package file shorter than its download")
+            return piece
+        with self._cond:
+            return self._memory.popleft()
 
 
 class InProcessCheck:
@@ -130,11 +157,21 @@ class InProcessCheck:
         self._running = running
         self._gpg = gpg
         self._size: int | None = None
+        self._streamed = False
         self._hasher = None if plan.hash_name == "sha256" else FileHasher(plan.hash_name, data)
 
     def advance(self, available: int) -> None:
         if self._hasher is not None:
             self._hasher.advance(available)
+
+    def spill_from(self, offset: int) -> None:
+        self._streamed = True
+        if self._hasher is not None:
+            self._hasher.spill_from(offset)
+
+    def push(self, chunk: bytes) -> None:
+        if self._hasher is not None:
+            self._hasher.push(chunk)
 
     def finish(self, size: int) -> None:
         self._size = size
@@ -149,6 +186,11 @@ class InProcessCheck:
         hashed = self._running() if self._hasher is None else await self._hasher.result()
         if self.plan.accepts(hashed):
             return dataclasses.replace(self.plan.verdict(), path="in-process")
+        if self._streamed:
+            # Disk full: the bytes were streamed to pacman, not kept, so gpg cannot read
+            # them again. A well-formed signature by a trusted key whose math fails over
+            # these bytes is one gpg refuses too: refused, and the sender is blamed.
+            return Verdict(False, f"signature by {self.plan.key} does not match the package")
         return await self._gpg()  # not sure here: gpg decides, and its verdict is final
 
 

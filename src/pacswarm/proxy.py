@@ -20,6 +20,7 @@ import contextlib
 import html
 import ipaddress
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -208,7 +209,10 @@ class Proxy:
             return await self.serve_resume(request, rp, arrived)
         if cached.is_file():
             if request.method == "GET":
-                self.store.mark_served(rp)  # the cap keeps what pacman still asks for
+                try:
+                    self.store.mark_served(rp)  # the cap keeps what pacman still asks for
+                except sqlite3.Error as e:  # a full disk must not cost pacman a cached file
+                    log.warning("could not note that %s was served (%s)", rp, e)
             return await self.serve_file(request, cached, count="package")
         record = await self.record_for(rp)
         if request.method == "HEAD":
@@ -217,11 +221,8 @@ class Proxy:
             head.content_length = record.csize
             await head.prepare(request)
             return head
-        try:
-            dl = self.downloader.get_or_start(Want(rp, record))
-        except NoSpaceError as e:
-            log.error("%s", e)
-            raise web.HTTPInsufficientStorage(text=f"pacswarm: {e}\n") from None
+        # The cache disk full: pacman still gets the file, streamed, not cached (download.py).
+        dl = self.downloader.get_or_start(Want(rp, record), stream_if_full=True)
         self.metrics.miss("package")
         return await self.stream(request, dl, arrived + self.verify_window)
 

@@ -10,6 +10,12 @@ The asyncio side only calls :meth:`SignatureCheck.advance` (cheap, thread-safe) 
 :meth:`SignatureCheck.verdict`; the thread never touches asyncio objects except through
 ``call_soon_threadsafe``.
 
+A *streamed* download (the cache disk is full, :mod:`pacswarm.fetch.spill`) keeps only its
+first bytes in the file: :meth:`SignatureCheck.spill_from` says where the file ends, and the
+bytes after it are handed over with :meth:`SignatureCheck.push` and written to gpg from
+memory. The signature itself reaches gpg through a pipe, not a file: it must be checkable
+when the disk has no byte left.
+
 Bounds. A signature that :func:`~pacswarm.verify.signature_problem` refuses never reaches gpg
 (the verdict is ready at once, the sender's fault). What gpg is then asked to do costs
 milliseconds beyond hashing, so a gpg that stops reading its input for
@@ -27,9 +33,9 @@ import fcntl
 import os
 import select
 import subprocess
-import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from pacswarm.verify import (
@@ -78,25 +84,29 @@ class SignatureCheck:
         self._finish_timeout = finish_timeout
         self._stall_timeout = stall_timeout
         self._proc: subprocess.Popen[bytes] | None = None
+        self._file_end: int | None = None  # streamed: the file holds bytes 0.._file_end
+        self._memory: deque[bytes] = deque()  # streamed: the bytes after it, in order
         problem = signature_problem(signature)
         if problem is not None:
             self._future.set_result(Verdict(False, problem))  # gpg never sees it
             return
-        fd, sig_name = tempfile.mkstemp(prefix=".sig-", dir=data.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(signature)
-        self._sig = Path(sig_name)
+        # At most MAX_SIGNATURE_BYTES (16 KiB) < a pipe's 64 KiB: the write never blocks.
+        sig_read, sig_write = os.pipe()
         try:
+            try:
+                os.write(sig_write, signature)
+            finally:
+                os.close(sig_write)  # gpg reads the signature to its end
             self._proc = subprocess.Popen(
-                gpg_verify_argv(gpgdir, sig_name, "-"),
+                gpg_verify_argv(gpgdir, f"/dev/fd/{sig_read}", "-"),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=gpg_env(),
+                pass_fds=(sig_read,),
             )
-        except OSError:
-            self._sig.unlink(missing_ok=True)
-            raise
+        finally:
+            os.close(sig_read)  # gpg has its own copy
         self._thread = threading.Thread(target=self._run, name=f"gpg {data.name}", daemon=True)
         self._thread.start()
 
@@ -104,6 +114,19 @@ class SignatureCheck:
         """``available`` bytes of the file are written and may be fed to gpg."""
         with self._cond:
             self._available = available
+            self._cond.notify()
+
+    def spill_from(self, offset: int) -> None:
+        """The file ends at ``offset``: every byte after it comes through :meth:`push`."""
+        with self._cond:
+            self._file_end = self._available = offset
+            self._cond.notify()
+
+    def push(self, chunk: bytes) -> None:
+        """The next bytes after :meth:`spill_from`'s offset (or after the last push)."""
+        with self._cond:
+            self._memory.append(chunk)
+            self._available += len(chunk)
             self._cond.notify()
 
     def finish(self, size: int) -> None:
@@ -132,7 +155,6 @@ class SignatureCheck:
         except Exception as e:  # any failure is a rejection, never a crash
             verdict = Verdict(False, f"signature check failed: {e}", local=True)
         finally:
-            self._sig.unlink(missing_ok=True)
             self._reap()
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody awaits us
             self._loop.call_soon_threadsafe(self._resolve, verdict)
@@ -167,7 +189,7 @@ class SignatureCheck:
         return Verdict(False, stuck_reason(seconds), local=True)
 
     def _feed(self) -> Verdict | None:
-        """Feed gpg the file as it grows; a verdict only if feeding ended the check."""
+        """Feed gpg the file as it grows (then memory); a verdict only if feeding ended it."""
         assert self._proc is not None and self._proc.stdin is not None
         pipe = self._proc.stdin.fileno()
         with contextlib.suppress(OSError):  # fewer wake-ups of gpg per MiB; optional
@@ -175,7 +197,7 @@ class SignatureCheck:
         os.set_blocking(pipe, False)  # a full pipe must not block us past the deadline
         writable = select.poll()
         writable.register(pipe, select.POLLOUT)
-        src = os.open(self._data, os.O_RDONLY)
+        src: int | None = None  # opened when a byte of the file is due: streamed may have none
         pos = 0
         try:
             while True:
@@ -184,10 +206,18 @@ class SignatureCheck:
                         self._cond.wait()
                     if self._aborted:
                         return Verdict(False, "signature check aborted", local=True)
-                    target, final = self._available, self._final
-                while pos < target:
+                    target, final, file_end = self._available, self._final, self._file_end
+                    in_file = target if file_end is None else min(target, file_end)
+                    memory = [] if pos < in_file else list(self._memory)
+                    if memory:
+                        self._memory.clear()
+                    if final is not None and pos >= in_file and not memory and pos < final:
+                        raise OSError("streamed package bytes missing before its end")
+                while pos < in_file:
+                    if src is None:
+                        src = os.open(self._data, os.O_RDONLY)
                     try:
-                        sent = os.sendfile(pipe, src, pos, target - pos)
+                        sent = os.sendfile(pipe, src, pos, in_file - pos)
                     except BlockingIOError:
                         if not writable.poll(self._wait_budget() * 1000):
                             return self._stuck()
@@ -195,15 +225,31 @@ class SignatureCheck:
                     if sent == 0:
                         raise OSError("package file shorter than its download")
                     pos += sent
+                for chunk in memory:
+                    if not self._write_all(pipe, writable, chunk):
+                        return self._stuck()
+                    pos += len(chunk)
                 if final is not None and pos >= final:
                     return None
         except BrokenPipeError:
             return None  # gpg stopped reading (it already knows the answer): read its verdict
         finally:
-            os.close(src)
+            if src is not None:
+                os.close(src)
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()
             self._proc.stdin = None  # communicate() must not flush the closed pipe
+
+    def _write_all(self, pipe: int, writable: select.poll, data: bytes) -> bool:
+        """Write ``data`` to gpg's non-blocking stdin; False if gpg took nothing in time."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(pipe, view) :]
+            except BlockingIOError:
+                if not writable.poll(self._wait_budget() * 1000):
+                    return False
+        return True
 
     def _decide(self) -> Verdict:
         """gpg's verdict on what it was fed, within the deadline that :meth:`finish` set."""

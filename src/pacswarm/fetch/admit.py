@@ -66,6 +66,8 @@ class StreamingCheck(Protocol):
     """A signature check fed with a file's bytes as they arrive (see sigstream.py)."""
 
     def advance(self, available: int) -> None: ...
+    def spill_from(self, offset: int) -> None: ...  # streamed: the file ends at ``offset``
+    def push(self, chunk: bytes) -> None: ...  # streamed: the bytes after it
     def finish(self, size: int) -> None: ...
     def abort(self) -> None: ...
     async def verdict(self) -> Verdict: ...
@@ -183,7 +185,7 @@ class Admission:
         self,
         want: Want,
         digest: str,
-        file: Path,
+        file: Path | None,
         first: Signed | None,
         check: StreamingCheck | None,
         sources: list[str],
@@ -191,7 +193,8 @@ class Admission:
         """The signature that admits ``file``, or raise why it cannot enter the cache.
 
         ``check``, if given, is the streaming gpg run already fed with ``first`` and the
-        file's bytes; it is consumed here.
+        file's bytes; it is consumed here. ``file`` is None when the bytes were not kept (a
+        download streamed because the disk is full): only ``check`` can decide then.
         """
         who = ", ".join(sources) or "no source"
         if digest != want.record.sha256:
@@ -212,6 +215,11 @@ class Admission:
         if first.provider is None:  # the db's own signature: pacman would use it too
             raise BadSignature(f"{want.rp.filename}: {verdict.reason} (the db's %PGPSIG%)")
         self.upstream.failed(first.provider, f"bad {want.rp.filename}.sig: {verdict.reason}")
+        if file is None:
+            raise BadSignature(
+                f"{want.rp.filename}: {verdict.reason} ({first.provider}'s .sig); the bytes "
+                "were streamed without caching (disk full), so no other .sig can be checked"
+            )
 
         async def other_mirror(mirror: str) -> Signed:
             """The next mirror's ``.sig``, checked on the same bytes; a bad one is its fault."""
@@ -232,11 +240,13 @@ class Admission:
             ) from None
 
     async def _verdict(
-        self, want: Want, file: Path, signed: Signed, check: StreamingCheck | None
+        self, want: Want, file: Path | None, signed: Signed, check: StreamingCheck | None
     ) -> Verdict:
         if check is not None:
             check.finish(want.size)
             verdict = await check.verdict()
+        elif file is None:
+            raise SignatureUncheckable("the bytes were not kept (disk full): nothing to check")
         else:
             verdict = await self.verifier.verify(file, signed.signature)
         if verdict.local:

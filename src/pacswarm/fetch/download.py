@@ -19,6 +19,13 @@ Readers (one per HTTP request) follow the temp file and stream it to pacman:
   bar moves on big packages. A reader that sent unverified bytes of an attempt that then
   fails is cut (pacman sees a failed transfer); what it sent is recorded (:mod:`.resume`) to
   judge pacman's resume on its next run, while the download carries on and caches the file.
+
+A download runs *streamed* (nothing cached, :mod:`.spill`) when the cache disk is full
+before it starts (pacman's requests only: ``stream_if_full``) or mid-transfer (``ENOSPC``).
+Verification is the same (sha256, the signature fed from memory, hold-back) but the verify
+window is skipped: the bytes cannot wait in memory for it, and the hold-back alone keeps a
+bad file incomplete on pacman's side. It leaves the registry (a new request starts its own)
+and stops when its last reader leaves.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import hashlib
 import logging
 import math
@@ -50,6 +58,7 @@ from pacswarm.fetch.observer import DownloadObserver, Unobserved
 from pacswarm.fetch.plan import Scope, SourcePlan
 from pacswarm.fetch.resume import Cut, CutTransfers, digest_range
 from pacswarm.fetch.source import Source, SourceFault, Want
+from pacswarm.fetch.spill import Spill, write_until_full
 from pacswarm.requestpath import RequestPath
 from pacswarm.store import Store
 
@@ -90,7 +99,7 @@ class Download:
     def __init__(
         self,
         want: Want,
-        fd: int,
+        fd: int | None,
         temp: Path,
         extra: Sequence[Source],
         scope: Scope = Scope.ALL,
@@ -99,8 +108,13 @@ class Download:
         self.size = want.size
         self.extra = tuple(extra)
         self.scope = scope
-        self.fd = fd
+        self.fd = fd  # open until the task ended and the last reader left (readers pread it)
         self.path = temp  # the temp file; the cached file once committed
+        self.spill: Spill | None = None  # streamed (disk full): the bytes after the file's
+        self.sig_known = False  # the first signature is known: streamed bytes may be dropped
+        self.ended = False  # the task is over: the last reader closes ``fd``
+        self.abandoned = False  # streamed and every reader left: stopped
+        self.task: asyncio.Task[None] | None = None
         self.generation = 0
         self.written = 0
         self.sha = hashlib.sha256()
@@ -110,7 +124,7 @@ class Download:
         self.signature: bytes = b""  # set once admitted; served for the .sig that follows
         self.check: StreamingCheck | None = None  # gpg, fed as bytes arrive
         self.first: Signed | None = None  # the signature checked first, once known
-        self.plan: FastPlan | None = None  # how to decide it in-process, if it can be
+        self.sig_plan: FastPlan | None = None  # to decide it in-process, if it can be
         self.readers: set[_Reader] = set()
         self.recording = False  # the cut records are being taken: readers send nothing
         self.done: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
@@ -127,54 +141,93 @@ class Download:
         changed.set()
 
     def sendable(self, window_ends: float, now: float) -> int:
-        """How many bytes from the start a reader may send now (window, then hold-back)."""
+        """How many bytes from the start a reader may send now (window, then hold-back).
+
+        Streamed, there is no window (the module's docstring says why).
+        """
         if self.state is State.VERIFIED:
             return self.size
-        if now < window_ends or self.recording:
+        if self.recording or (now < window_ends and self.spill is None):
             return 0
         return max(0, min(self.written, self.size - HOLDBACK))
 
-    def _open(self) -> int:
-        try:
-            return os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise DownloadFailed(self.error or "download file gone") from None
+    def _read(self, pos: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``pos``: from memory past a streamed file's end, else the file."""
+        if self.spill is not None:
+            if pos >= self.spill.kept:
+                return self.spill.read(pos, n)
+            n = min(n, self.spill.kept - pos)
+        if self.fd is None:
+            raise DownloadFailed(self.error or "download file gone")
+        data = os.pread(self.fd, n, pos)
+        if not data:
+            raise DownloadFailed("download file shrank")
+        return data
+
+    def trim(self) -> None:
+        """Streamed: drop the bytes every reader sent (and gpg got), making room for more."""
+        if self.spill is None or not self.sig_known:
+            return  # a signature arriving late is checked on every byte: keep them
+        self.spill.trim(min((r.pos for r in self.readers), default=self.spill.end))
+
+    def end(self) -> None:
+        """The task is over; the file closes now or when its last reader leaves."""
+        self.ended = True
+        if self.spill is not None:
+            self.spill.release()
+        if not self.readers:
+            self._close()
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _left(self) -> None:
+        """A reader left: the last one closes the file, or stops a streamed download."""
+        self.trim()
+        if self.readers:
+            return
+        if self.ended:
+            self._close()
+        elif self.spill is not None and self.task is not None and self.state is State.RUNNING:
+            self.abandoned = True
+            self.task.cancel()
 
     async def follow(self, start: int, end: int, window_ends: float) -> AsyncIterator[bytes]:
         """Bytes ``start..end`` as they become sendable. Raises :class:`DownloadFailed`.
 
         A range that stops short of the end gets nothing before verification: the hold-back
         keeps only the file's tail, so such a response would otherwise complete with bytes
-        nobody checked (pacman never asks for one; a browser or a script might).
+        nobody checked (pacman never asks for one; a browser or a script might). Streamed,
+        such a range cannot be served at all: its bytes are not kept until the verdict.
         """
         if end < self.size:
             window_ends = math.inf
         loop = asyncio.get_running_loop()
         reader = _Reader(start, start, self.generation)
         self.readers.add(reader)
-        fd: int | None = None
         try:
+            if self.fd is None and self.ended and self.spill is None:
+                with contextlib.suppress(FileNotFoundError):  # cached: read the file (the
+                    self.fd = os.open(self.path, os.O_RDONLY)  # last reader closes it)
             while reader.pos < end:
                 if self.state is State.FAILED:
                     raise DownloadFailed(self.error)
+                if self.spill is not None and end < self.size and self.state is State.RUNNING:
+                    raise DownloadFailed("the cache is full: a part of a file not kept is unsent")
                 if reader.generation != self.generation:
                     if reader.sent_unverified:
                         raise DownloadFailed("the bytes sent so far failed verification")
                     reader.generation = self.generation  # nothing sent: follow the new attempt
-                    if fd is not None:
-                        os.close(fd)
-                        fd = None
                 now = loop.time()
                 limit = min(self.sendable(window_ends, now), end)
                 if reader.pos < limit:
-                    if fd is None:
-                        fd = self._open()
-                    data = os.pread(fd, min(limit - reader.pos, READ_CHUNK), reader.pos)
-                    if not data:
-                        raise DownloadFailed("download file shrank")
+                    data = self._read(reader.pos, min(limit - reader.pos, READ_CHUNK))
                     if self.state is not State.VERIFIED:
                         reader.sent_unverified = True
                     reader.pos += len(data)
+                    self.trim()
                     yield data
                     continue
                 changed = self._changed.wait()
@@ -182,9 +235,8 @@ class Download:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed, timeout)
         finally:
-            if fd is not None:
-                os.close(fd)
             self.readers.discard(reader)
+            self._left()
 
 
 class Downloader:
@@ -205,21 +257,29 @@ class Downloader:
         self.config = config
         self.cuts = CutTransfers()
         self._active: dict[tuple[str, str, str], Download] = {}
+        self._streaming: set[Download] = set()  # streamed: out of the registry, still running
         self._tasks: set[asyncio.Task[None]] = set()
 
     def running(self) -> list[Download]:
         """The downloads in flight (the status page shows their progress)."""
-        return list(self._active.values())
+        return [*self._active.values(), *self._streaming]
 
     def active(self, rp: RequestPath) -> Download | None:
         return self._active.get((rp.repo, rp.arch, rp.filename))
 
     def get_or_start(
-        self, want: Want, extra: Sequence[Source] = (), scope: Scope = Scope.ALL
+        self,
+        want: Want,
+        extra: Sequence[Source] = (),
+        scope: Scope = Scope.ALL,
+        *,
+        stream_if_full: bool = False,
     ) -> Download:
         """Join the running download of ``want`` or start one. Never awaits (no races).
 
-        Raises :class:`NoSpaceError` when the file cannot fit on the cache filesystem.
+        When the file cannot fit on the cache filesystem: with ``stream_if_full`` (pacman is
+        waiting for the bytes) the download runs streamed, nothing cached; without it (an
+        audit, seeding: nobody waits) raises :class:`NoSpaceError`.
         """
         if (dl := self._active.get(want.key)) is not None:
             if scope is Scope.ALL:
@@ -228,6 +288,11 @@ class Downloader:
         # The downloads running will fill their files too: their bytes to come are taken.
         coming = sum(d.size - d.written for d in self._active.values())
         free = shutil.disk_usage(self.store.tmp_dir).free - coming
+        if want.size + DISK_RESERVE > free and stream_if_full:
+            dl = Download(want, None, self.store.tmp_dir / f"{want.rp.filename}.unkept", extra)
+            self._go_streamed(dl, 0)
+            self._start(dl)
+            return dl
         if want.size + DISK_RESERVE > free:
             raise NoSpaceError(
                 f"{want.rp.filename} is {want.size} bytes, the db says; only {max(free, 0)} "
@@ -237,10 +302,37 @@ class Downloader:
         fd, temp = self.store.new_temp(want.rp.filename)
         dl = Download(want, fd, temp, extra, scope)
         self._active[want.key] = dl
-        task = asyncio.create_task(self._run(dl), name=f"download {want}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start(dl)
         return dl
+
+    def _start(self, dl: Download) -> None:
+        dl.task = asyncio.create_task(self._run(dl), name=f"download {dl.want}")
+        self._tasks.add(dl.task)
+        dl.task.add_done_callback(self._tasks.discard)
+
+    def _unregister(self, dl: Download) -> None:
+        """``dl`` no longer answers new requests (another download may have its key now)."""
+        if self._active.get(dl.want.key) is dl:
+            del self._active[dl.want.key]
+
+    def _go_streamed(self, dl: Download, kept: int) -> None:
+        """The disk is full: ``kept`` bytes are in the file, the rest only passes through."""
+        dl.spill = Spill(kept)
+        self._unregister(dl)  # a new request must not join: our early bytes may be gone
+        self._streaming.add(dl)
+        if dl.check is not None:
+            dl.check.spill_from(kept)
+        try:
+            free = str(shutil.disk_usage(self.store.tmp_dir).free)
+        except OSError:
+            free = "?"
+        log.warning(
+            "cache full (%s bytes free in %s): streaming %s to pacman without caching it; "
+            "free space or lower cache_max_size",
+            free,
+            self.store.tmp_dir,
+            dl.rp,
+        )
 
     async def fetch(
         self, want: Want, extra: Sequence[Source] = (), scope: Scope = Scope.ALL
@@ -260,6 +352,13 @@ class Downloader:
     # -- the download task -----------------------------------------------------------------
 
     async def _run(self, dl: Download) -> None:
+        try:
+            await self._run_attempts(dl)
+        finally:
+            self._streaming.discard(dl)
+            dl.end()
+
+    async def _run_attempts(self, dl: Download) -> None:
         sig_task = asyncio.create_task(self._first_signature(dl))
         try:
             if dl.scope is Scope.ALL:
@@ -271,7 +370,10 @@ class Downloader:
             await self._fail(dl, str(e))
             return
         except asyncio.CancelledError:
-            await asyncio.shield(self._fail(dl, "node shutting down"))
+            why = (
+                "every reader left a download not cached" if dl.abandoned else "node shutting down"
+            )
+            await asyncio.shield(self._fail(dl, why))
             raise
         except Exception as e:  # a bug: fail loudly; a dead task would hang every reader
             log.exception("download of %s broke", dl.rp)
@@ -292,17 +394,28 @@ class Downloader:
 
     async def _first_signature(self, dl: Download) -> Signed | None:
         """Get the first signature while the bytes come, and start gpg on them."""
-        signed = await self.admission.first_signature(dl.want)
-        if signed is not None:
-            dl.plan = await self.admission.verifier.prepare(signed.signature)
-        dl.first = signed
-        if signed is not None and dl.state is State.RUNNING:
-            self._start_check(dl, signed)
-        return signed
+        try:
+            signed = await self.admission.first_signature(dl.want)
+            if signed is not None:
+                dl.sig_plan = await self.admission.verifier.prepare(signed.signature)
+            dl.first = signed
+            if signed is not None and dl.state is State.RUNNING:
+                self._start_check(dl, signed)
+            return signed
+        finally:
+            dl.sig_known = True
+            dl.trim()
 
     def _start_check(self, dl: Download, signed: Signed) -> None:
-        dl.check = self.admission.verifier.start(signed.signature, dl.path, lambda: dl.sha, dl.plan)
-        dl.check.advance(dl.written)
+        dl.check = self.admission.verifier.start(
+            signed.signature, dl.path, lambda: dl.sha, dl.sig_plan
+        )
+        if dl.spill is None:
+            dl.check.advance(dl.written)
+            return
+        dl.check.spill_from(dl.spill.kept)  # nothing was dropped before the signature came
+        for chunk in dl.spill.held_bytes():
+            dl.check.push(chunk)
 
     async def _until_admitted(self, dl: Download, sig_task: asyncio.Task[Signed | None]) -> Signed:
         """Attempts until one is admitted: transfer, admit; bad bytes mean a new attempt.
@@ -335,8 +448,9 @@ class Downloader:
             first = await sig_task
             check, dl.check = dl.check, None
             try:
+                kept = dl.path if dl.spill is None else None
                 signed = await self.admission.decide(
-                    dl.want, dl.sha.hexdigest(), dl.path, first, check, dl.sources
+                    dl.want, dl.sha.hexdigest(), kept, first, check, dl.sources
                 )
             except BadBytes as e:
                 self.observer.verification_failed("sha256", dl.sources)
@@ -369,12 +483,16 @@ class Downloader:
             dl.check = None
         await self._record_cuts(dl)
         old_fd, old_path = dl.fd, dl.path
-        dl.fd, dl.path = self.store.new_temp(dl.rp.filename)
+        if dl.spill is None:
+            dl.fd, dl.path = self.store.new_temp(dl.rp.filename)
+        else:  # still streamed: the disk is still full, this attempt keeps nothing
+            dl.fd, dl.spill = None, Spill(0)
         dl.generation += 1
         dl.written = 0
         dl.sha = hashlib.sha256()
         dl.sources = []
-        os.close(old_fd)
+        if old_fd is not None:
+            os.close(old_fd)
         old_path.unlink(missing_ok=True)
         if dl.first is not None:
             self._start_check(dl, dl.first)
@@ -385,12 +503,17 @@ class Downloader:
 
         Only readers of the current attempt: one still stuck on an older attempt (a slow
         client) sent that attempt's bytes, recorded when it ended, not this file's.
+        Streamed, the bytes sent are gone: no digest, so pacman's resume of them is refused.
         """
         dl.recording = True  # until the caller's next step swaps or fails the file
         sent = [r for r in dl.readers if r.sent_unverified and r.pos > r.start]
         try:
             for reader in [r for r in sent if r.generation == dl.generation]:
-                digest = await asyncio.to_thread(digest_range, dl.path, reader.start, reader.pos)
+                digest = ""
+                if dl.spill is None:
+                    digest = await asyncio.to_thread(
+                        digest_range, dl.path, reader.start, reader.pos
+                    )
                 self.cuts.add(dl.want.key, Cut(reader.start, reader.pos, digest))
         finally:
             dl.recording = False
@@ -399,21 +522,48 @@ class Downloader:
         dl.signature = signed.signature
         dl.state = State.VERIFIED
         dl.notify()  # release the held-back tail to every reader right away
+        if dl.spill is not None:
+            log.info("sent %s to pacman verified; not cached (the cache disk was full)", dl.rp)
+            self._not_cached(dl, f"{dl.rp.filename} was streamed, not cached: the disk is full")
+            return
         try:
+            assert dl.fd is not None
             await asyncio.to_thread(os.fsync, dl.fd)
-            os.close(dl.fd)
             dest = self.admission.commit(dl.want, dl.path, signed, dl.sources)
         except (OSError, sqlite3.Error) as e:
             log.error("verified %s but could not cache it: %s (check free space)", dl.rp, e)
-            dl.error = f"could not cache {dl.rp.filename}: {e}"
-            dl.path.unlink(missing_ok=True)
-            self._active.pop(dl.want.key, None)
-            dl.done.set_exception(DownloadFailed(dl.error))
-            dl.done.exception()  # retrieved: a fetch() nobody awaits must not warn
+            # Readers go on from the open file (dl.fd): pacman still gets its verified file.
+            self._not_cached(dl, f"could not cache {dl.rp.filename}: {e}")
+            self._undo_commit(dl, e)
             return
-        dl.path = dest  # same loop step as the rename: readers opening now find the file
-        del self._active[dl.want.key]  # a new request now hits the cache
+        dl.path = dest  # same loop step as the rename
+        self._unregister(dl)  # a new request now hits the cache
         dl.done.set_result(dest)
+        self.observer.finished(asyncio.get_running_loop().time() - dl.started, True)
+
+    def _undo_commit(self, dl: Download, error: OSError | sqlite3.Error) -> None:
+        """A commit that failed midway (it writes the .sig, then the row, then renames) must
+        leave no .sig or row of a package the cache does not hold."""
+        cached = self.store.cache_path(dl.rp)
+        if cached.exists():
+            return  # an older copy stays (the rename is the last step)
+        if isinstance(error, sqlite3.Error):  # no row was written (asking again would block)
+            cached.with_name(cached.name + ".sig").unlink(missing_ok=True)
+            return
+        try:
+            self.store.remove_package(dl.rp)
+            self.store.removal_done(dl.rp)  # never announced: nobody to tell
+        except (OSError, sqlite3.Error) as e:
+            log.warning("%s: the failed commit leaves a stale entry until restart: %s", dl.rp, e)
+
+    def _not_cached(self, dl: Download, reason: str) -> None:
+        """A verified download that is not cached: readers finish from the open file, which
+        is unlinked now (nothing unverified or half-written stays on disk)."""
+        dl.error = reason
+        dl.path.unlink(missing_ok=True)
+        self._unregister(dl)
+        dl.done.set_exception(DownloadFailed(reason))
+        dl.done.exception()  # retrieved: a fetch() nobody awaits must not warn
         self.observer.finished(asyncio.get_running_loop().time() - dl.started, True)
 
     async def _fail(self, dl: Download, reason: str) -> None:
@@ -423,9 +573,7 @@ class Downloader:
         await self._record_cuts(dl)
         dl.state = State.FAILED
         dl.notify()
-        self._active.pop(dl.want.key, None)
-        with contextlib.suppress(OSError):
-            os.close(dl.fd)
+        self._unregister(dl)
         dl.path.unlink(missing_ok=True)
         log.error("download of %s failed, not cached: %s", dl.rp, reason)
         self.observer.finished(asyncio.get_running_loop().time() - dl.started, False)
@@ -480,6 +628,9 @@ class Downloader:
                 if done:
                     return task.result()
                 now = loop.time()
+                if dl.spill is not None and dl.spill.waiting:  # for readers: not a stall
+                    window_start, window_bytes = now, dl.written
+                    continue
                 if first_byte is not None and dl.written == offset and now - started >= first_byte:
                     raise SourceFault(
                         f"sent no byte within {first_byte:g} s (from offset {offset} of {dl.size})"
@@ -518,17 +669,34 @@ class Downloader:
                 self._append(dl, chunk)
                 if dl.written == dl.size:
                     return
+                if dl.spill is not None:  # the slowest reader sets the pace
+                    await dl.spill.room(dl.size - HOLDBACK)
         if dl.written < dl.size:
             raise SourceFault(f"connection closed at byte {dl.written} of {dl.size}")
 
-    @staticmethod
-    def _append(dl: Download, chunk: bytes) -> None:
-        os.pwrite(dl.fd, chunk, dl.written)
+    def _append(self, dl: Download, chunk: bytes) -> None:
+        rest = chunk if dl.spill is not None else self._write(dl, chunk)
+        if rest:  # streamed
+            assert dl.spill is not None
+            dl.spill.append(rest)
+            if dl.check is not None:
+                dl.check.push(rest)
         dl.sha.update(chunk)
         dl.written += len(chunk)
-        if dl.check is not None:
+        if dl.check is not None and dl.spill is None:
             dl.check.advance(dl.written)
         dl.notify()
+
+    def _write(self, dl: Download, chunk: bytes) -> bytes:
+        """Write ``chunk`` to the temp file; what did not fit (then the download is streamed)."""
+        assert dl.fd is not None
+        done = write_until_full(dl.fd, chunk, dl.written)
+        if done == len(chunk):
+            return b""
+        if not dl.readers:  # an audit, seeding: nobody waits for the bytes, nobody trims them
+            raise OSError(errno.ENOSPC, f"no space left in {self.store.tmp_dir}")
+        self._go_streamed(dl, dl.written + done)
+        return chunk[done:]
 
 
 async def _as_faults(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
