@@ -57,7 +57,9 @@ class _FedCheck(pipeline._Check):
 
 
 class _FedVerifier(pipeline._Verifier):
-    def start(self, signature: bytes, data: Path) -> _FedCheck:  # type: ignore[override]
+    def start(  # type: ignore[override]
+        self, signature: bytes, data: Path, running: object, plan: object
+    ) -> _FedCheck:
         return _FedCheck(signature, data)
 
 
