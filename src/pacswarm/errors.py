@@ -70,7 +70,8 @@ class SignatureUncheckable(VerificationError):
 
 
 class NoSpaceError(PacswarmError):
-    """A package cannot be downloaded: it would not fit on the cache filesystem.
+    """A package cannot be downloaded into the cache: it would not fit on its filesystem.
 
-    pacman is answered 507; nothing is written. Free some space and try again.
+    Raised to downloads nobody waits for (audits, seeding); for pacman the package is
+    streamed without being cached instead. Free some space and try again.
     """
