@@ -59,10 +59,30 @@ log = logging.getLogger(__name__)
 HOLDBACK = 64 * 1024
 #: Largest read from the temp file per write to the client.
 READ_CHUNK = 256 * 1024
+#: Largest span a :meth:`Download.spans` reader hands to one ``sendfile``: between two it looks
+#: at the download's state again (a failed attempt cuts it), and a slow client holds no more.
+SPAN_MAX = 4 * 1024 * 1024
+#: Readers and gpg are woken for new bytes once this many arrived, or once :data:`WAKE_AFTER`
+#: seconds passed since the last wake-up: not per socket read (a wake-up costs a loop step per
+#: reader and a thread switch for gpg), yet a trickling source still shows its progress.
+WAKE_BYTES = 1024 * 1024
+WAKE_AFTER = 0.002
 #: How often the stall watchdog looks at progress.
 WATCHDOG_TICK = 0.25
 #: Free space kept on the cache filesystem beyond a download's size (the db, SQLite, logs).
 DISK_RESERVE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """``length`` bytes at ``offset`` of the open file ``fd``, to send with ``sendfile``.
+
+    The fd belongs to the reader that yielded it and stays open until it is asked for more.
+    """
+
+    fd: int
+    offset: int
+    length: int
 
 
 class State(enum.Enum):
@@ -115,6 +135,9 @@ class Download:
         self.started = asyncio.get_running_loop().time()
         self.got_first_byte = False
         self._changed = asyncio.Event()
+        self._woken_at = -math.inf  # when readers and gpg last heard of new bytes
+        self._woken_bytes = 0  # dl.written they last heard of
+        self._wake_timer: asyncio.TimerHandle | None = None
 
     @property
     def rp(self) -> RequestPath:
@@ -123,6 +146,37 @@ class Download:
     def notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def progressed(self) -> None:
+        """New bytes are in the file: wake readers and gpg now, or in :data:`WAKE_AFTER`.
+
+        At once when :data:`WAKE_BYTES` piled up, the file is complete, or the last wake-up
+        is older than :data:`WAKE_AFTER` (so the first bytes go out without delay).
+        """
+        now = asyncio.get_running_loop().time()
+        if (
+            self.written - self._woken_bytes >= WAKE_BYTES
+            or self.written >= self.size
+            or now - self._woken_at >= WAKE_AFTER
+        ):
+            self._wake(now)
+        elif self._wake_timer is None:
+            delay = self._woken_at + WAKE_AFTER - now
+            self._wake_timer = asyncio.get_running_loop().call_later(delay, self._wake_later)
+
+    def _wake_later(self) -> None:
+        self._wake_timer = None
+        if self.written != self._woken_bytes:  # (a new attempt starts again from 0)
+            self._wake(asyncio.get_running_loop().time())
+
+    def _wake(self, now: float) -> None:
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+            self._wake_timer = None
+        self._woken_at, self._woken_bytes = now, self.written
+        if self.check is not None:
+            self.check.advance(self.written)
+        self.notify()
 
     def sendable(self, window_ends: float, now: float) -> int:
         """How many bytes from the start a reader may send now (window, then hold-back)."""
@@ -174,6 +228,50 @@ class Download:
                         reader.sent_unverified = True
                     reader.pos += len(data)
                     yield data
+                    continue
+                changed = self._changed.wait()
+                timeout = window_ends - now if now < window_ends < math.inf else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed, timeout)
+        finally:
+            if fd is not None:
+                os.close(fd)
+            self.readers.discard(reader)
+
+    async def spans(self, start: int, end: int, window_ends: float) -> AsyncIterator[FileSpan]:
+        """Like :meth:`follow`, but as spans of the temp file for ``sendfile``, not bytes.
+
+        The same rules (window, hold-back, cuts, new attempts; ``DownloadFailed``); the bytes
+        never pass through Python. A span is at most :data:`SPAN_MAX`; its fd stays valid until
+        the next one is asked for (a new attempt's file is opened then).
+        """
+        if end < self.size:
+            window_ends = math.inf
+        loop = asyncio.get_running_loop()
+        reader = _Reader(start, start, self.generation)
+        self.readers.add(reader)
+        fd: int | None = None
+        try:
+            while reader.pos < end:
+                if self.state is State.FAILED:
+                    raise DownloadFailed(self.error)
+                if reader.generation != self.generation:
+                    if reader.sent_unverified:
+                        raise DownloadFailed("the bytes sent so far failed verification")
+                    reader.generation = self.generation  # nothing sent: follow the new attempt
+                    if fd is not None:
+                        os.close(fd)
+                        fd = None
+                now = loop.time()
+                limit = min(self.sendable(window_ends, now), end)
+                if reader.pos < limit:
+                    if fd is None:
+                        fd = self._open()
+                    span = FileSpan(fd, reader.pos, min(limit - reader.pos, SPAN_MAX))
+                    if self.state is not State.VERIFIED:
+                        reader.sent_unverified = True
+                    reader.pos += span.length
+                    yield span
                     continue
                 changed = self._changed.wait()
                 timeout = window_ends - now if now < window_ends < math.inf else None
@@ -522,9 +620,7 @@ class Downloader:
         os.pwrite(dl.fd, chunk, dl.written)
         dl.sha.update(chunk)
         dl.written += len(chunk)
-        if dl.check is not None:
-            dl.check.advance(dl.written)
-        dl.notify()
+        dl.progressed()  # readers and gpg: batched, not per chunk
 
 
 async def _as_faults(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -543,4 +639,4 @@ async def _as_faults(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise SourceFault(f"{type(e).__name__}: {e}") from None
 
 
-__all__ = ["HOLDBACK", "Download", "DownloadFailed", "Downloader"]
+__all__ = ["HOLDBACK", "Download", "DownloadFailed", "Downloader", "FileSpan"]
