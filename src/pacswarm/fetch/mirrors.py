@@ -90,6 +90,24 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)
 
 
+#: Bytes a package download asks of the socket per read (asyncio's default is 256 KiB).
+SOCKET_READ = 1 << 20
+
+
+def _read_big(resp: aiohttp.ClientResponse) -> None:
+    """Let the connection under a package download read up to :data:`SOCKET_READ` at once.
+
+    Each read costs a loop step, a pwrite, a hash update and a wake-up of the readers, so
+    on a fast link (loopback, a LAN peer) 4x fewer of them is CPU saved. asyncio's plain-TCP
+    transport reads ``max_size`` bytes per ``recv``; other transports (TLS) have no such
+    attribute and are left alone.
+    """
+    conn = resp.connection
+    transport = conn.transport if conn is not None else None
+    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = SOCKET_READ  # type: ignore[attr-defined]
+
+
 #: pacman's own cap on a package ``.sig`` (dload.c: "hard upper limit of 16KiB").
 MAX_SIGNATURE = 16 * 1024
 
@@ -126,6 +144,7 @@ class MirrorSource:
             skip = offset if resp.status == 200 else 0
             if skip:
                 log.info("%s has no Range support: dropping the first %d bytes", self.mirror, skip)
+            _read_big(resp)
             async for chunk in resp.content.iter_any():
                 if skip:
                     cut = min(skip, len(chunk))
