@@ -42,9 +42,15 @@ class SpanSender:
         self.response = response
         self.native = True  # until the loop or the transport says sendfile cannot be used
 
-    async def send(self, span: FileSpan) -> None:
+    async def send(self, span: FileSpan | bytes) -> None:
         """All of ``span``, or an error: ``ConnectionError`` when the client went away,
-        :class:`DownloadFailed` when the file holds fewer bytes than the span."""
+        :class:`DownloadFailed` when the file holds fewer bytes than the span.
+
+        ``bytes`` (a part held only in memory, nothing on disk to send from) are written.
+        """
+        if isinstance(span, bytes):
+            await self.response.write(span)
+            return
         transport = self.request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client went away")
