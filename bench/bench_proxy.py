@@ -2,8 +2,11 @@
 
 Both proxies sit in front of the same origin (a static nginx serving a throwaway signed repo of
 random-byte packages). For each package size, 1 and N concurrent clients, cache miss and cache
-hit, it prints median MB/s for both, the ratio pacswarm/nginx next to its target, and the time
-to first byte of a miss. Only ratios from one run mean anything on a shared machine.
+hit, it prints median MB/s for both, the ratio pacswarm/nginx next to its target, CPU s/GB of
+pacswarm's own process and of its gpg children, the share of signatures decided in-process,
+and the time to first byte of a miss. A second pacswarm node with ``fast_verify = false``
+(every signature to gpg) runs the misses in the same repetitions: its table shows what the
+in-process check gains. Only ratios from one run mean anything on a shared machine.
 
     .venv/bin/python bench/bench_proxy.py [--quick] [--sizes 1,20,300] [--reps 5]
 
@@ -38,6 +41,7 @@ from benchrepo import (
 )
 from benchreport import (
     PS,
+    PS_OFF,
     Calibration,
     Row,
     print_calibration,
@@ -55,6 +59,7 @@ REQUEST_TIMEOUT = 60.0
 class Server(Protocol):
     name: str
     port: int
+    miss_only: bool  # run in the miss rows only
 
     def clear_cache(self) -> None: ...
     def cached(self, size: int) -> int: ...
@@ -73,6 +78,8 @@ class Settings:
     hit_bytes: int  # bytes a hit repetition moves, at least one GET per client
     miss_bytes: int  # bytes a 1-client miss repetition moves, at least one GET
     splice: bool  # client discards bodies with splice(2) instead of recv_into
+    verify_window: float  # pacswarm's verify_window (its default is 5 s; see --verify-window)
+    fast_off: bool  # also run the node with fast_verify = false in the miss rows
 
 
 @dataclass
@@ -110,6 +117,18 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="recv: copy bodies to user space like pacman/curl (default); splice: zero-copy "
         "to /dev/null, so the client takes less CPU from the servers on a small machine",
     )
+    p.add_argument(
+        "--verify-window",
+        type=float,
+        default=0.0,
+        help="pacswarm's verify_window in seconds (default 0: bytes stream as they arrive, as "
+        "with nginx, so first bytes compare; bench_window.py measures the window itself)",
+    )
+    p.add_argument(
+        "--no-fast-off",
+        action="store_true",
+        help="do not run the second node with fast_verify = false (shorter run)",
+    )
     a = p.parse_args(argv)
     default_sizes = "1,20" if a.quick else "1,20,300"
     sizes = [int(float(s) * MiB) for s in (a.sizes or default_sizes).split(",") if s.strip()]
@@ -124,6 +143,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         hit_bytes=(128 if a.quick else 256) * MiB,
         miss_bytes=(32 if a.quick else 64) * MiB,
         splice=a.client == "splice",
+        verify_window=a.verify_window,
+        fast_off=not a.no_fast_off,
     )
 
 
@@ -169,27 +190,30 @@ def hit_plans(bench: Bench, size: int, clients: int) -> list[list[str]]:
 
 def measure(bench: Bench, server: Server, row: Row, plans: list[list[str]]) -> None:
     """One repetition against one server; checks every body had the package's size."""
+    checks0 = server.signature_checks() if isinstance(server, Pacswarm) else None
     own0, helpers0 = server.cpu()
     run = run_clients(server.port, plans, REQUEST_TIMEOUT, splice=bench.settings.splice)
     own1, helpers1 = server.cpu()
+    checks1 = server.signature_checks() if isinstance(server, Pacswarm) else None
     short = [f for f in run.fetches if f.nbytes != row.size]
     if short:
         raise RuntimeError(f"{server.name}: {short[0].path} came back with {short[0].nbytes} B")
     series = row.of(server.name)
     series.add(run.nbytes, run.wall, (own1 - own0, helpers1 - helpers0), run.cpu)
+    series.add_checks(checks0, checks1)
     if row.case == "miss":
         series.ttfb_ms.extend(f.ttfb * 1000 for f in run.fetches)
         series.tail_ms.extend(f.tail_wait * 1000 for f in run.fetches if f.tail_at)
 
 
-def drop_pacswarm(bench: Bench, row: Row | None, error: BaseException) -> None:
-    """pacswarm failed: say why (with its log) and go on measuring nginx alone."""
-    server = next((s for s in bench.servers if s.name == PS), None)
+def drop_pacswarm(bench: Bench, row: Row | None, error: BaseException, name: str) -> None:
+    """A pacswarm node failed: say why (with its log) and go on without it."""
+    server = next((s for s in bench.servers if s.name == name), None)
     tail = server.log_tail() if isinstance(server, Pacswarm) else ""
-    bench.notes.append(f"pacswarm failed ({error}); later rows are nginx only. Log tail:\n{tail}")
-    bench.servers = [s for s in bench.servers if s.name != PS]
+    bench.notes.append(f"{name} failed ({error}); later rows are without it. Log tail:\n{tail}")
+    bench.servers = [s for s in bench.servers if s.name != name]
     if row is not None:
-        row.note = "pacswarm failed"
+        row.note = f"{name} failed"
 
 
 def run_row(bench: Bench, size: int, clients: int, case: str) -> None:
@@ -198,19 +222,22 @@ def run_row(bench: Bench, size: int, clients: int, case: str) -> None:
     bench.rows.append(row)
     make = miss_plans if case == "miss" else hit_plans
     plans = make(bench, size, clients)
+    servers = [s for s in bench.servers if case == "miss" or not s.miss_only]
     for rep in range(row.reps):
         check_time(bench)
-        order = bench.servers if rep % 2 == 0 else list(reversed(bench.servers))
+        order = servers if rep % 2 == 0 else list(reversed(servers))
         for server in order:
+            if server not in bench.servers:
+                continue  # it failed earlier in this row
             try:
                 if case == "miss":
                     server.clear_cache()
                     os.sync()  # earlier repetitions' writeback must not cost this one
                 measure(bench, server, row, plans)
             except (OSError, RuntimeError) as e:
-                if server.name != PS:
+                if not isinstance(server, Pacswarm):
                     raise
-                drop_pacswarm(bench, row, e)
+                drop_pacswarm(bench, row, e, server.name)
         print(f"  {size_label(size)} x{clients} {case} rep {rep + 1}: {_progress(row)}", flush=True)
 
 
@@ -269,13 +296,13 @@ def run_size(bench: Bench, size: int) -> None:
     calibrate(bench, size)
     for clients in sorted({1, bench.settings.concurrency}):
         run_row(bench, size, clients, "miss")
-    for server in list(bench.servers):
+    for server in [s for s in bench.servers if not s.miss_only]:
         try:
             warm(bench, server, size)
         except (OSError, RuntimeError) as e:
-            if server.name != PS:
+            if not isinstance(server, Pacswarm):
                 raise
-            drop_pacswarm(bench, None, e)
+            drop_pacswarm(bench, None, e, server.name)
     for clients in sorted({1, bench.settings.concurrency}):
         run_row(bench, size, clients, "hit")
 
@@ -299,21 +326,31 @@ def build_origin(
 
 def start_servers(
     s: Settings, tmp: Path, reg: Registry, gpgdir: Path
-) -> tuple[Origin, list[Server], str]:
-    """Origin, nginx cache and (if it starts) pacswarm; the str says why pacswarm is missing."""
+) -> tuple[Origin, list[Server], list[str]]:
+    """Origin, nginx cache and the pacswarm nodes that start; the strs say who is missing."""
     origin = Origin(reg, tmp / "nginx-origin", tmp / "origin")
     servers: list[Server] = [NginxCache(reg, tmp / "nginx-cache", origin.port)]
     if s.pacswarm is None:
-        return origin, servers, "pacswarm not run (--nginx-only)"
+        return origin, servers, ["pacswarm not run (--nginx-only)"]
     if not Path(s.pacswarm).exists():
-        return origin, servers, f"pacswarm not run: {s.pacswarm} does not exist"
+        return origin, servers, [f"pacswarm not run: {s.pacswarm} does not exist"]
     mirrorlist = tmp / "mirrorlist"
     mirrorlist.write_text(f"Server = http://127.0.0.1:{origin.port}/$repo/os/$arch\n")
-    try:
-        servers.insert(0, Pacswarm(reg, tmp / "pacswarm", s.pacswarm, mirrorlist, gpgdir))
-    except (OSError, RuntimeError) as e:
-        return origin, servers, f"pacswarm could not start: {e}"
-    return origin, servers, ""
+    window = f"verify_window = {s.verify_window:g}\n"
+    nodes = [(PS, window, False)]
+    if s.fast_off:
+        nodes.append((PS_OFF, window + "fast_verify = false\n", True))
+    why = []
+    for name, config, miss_only in nodes:
+        try:
+            node = Pacswarm(
+                reg, tmp / name, s.pacswarm, mirrorlist, gpgdir, config, name, miss_only
+            )
+        except (OSError, RuntimeError) as e:
+            why.append(f"{name} could not start (config: {config.strip()!r}): {e}")
+            continue
+        servers.insert(len(servers) - 1, node)
+    return origin, servers, why
 
 
 def run_all(
@@ -325,9 +362,9 @@ def run_all(
     origin, servers, why = start_servers(s, tmp, reg, gpgdir)
     bench = Bench(s, origin, servers, packages, start + s.time_limit)
     bench_box.append(bench)
-    if why:
-        bench.notes.append(why)
-        print(why, flush=True)
+    for reason in why:
+        bench.notes.append(reason)
+        print(reason, flush=True)
     for size in s.sizes:
         run_size(bench, size)
 
@@ -343,8 +380,11 @@ def report(bench: Bench | None, stopped: str) -> None:
     if bench is not None:
         bench.notes.append(f"load average at the end: {loadavg()} ({os.cpu_count()} CPUs)")
         client = "splice to /dev/null" if bench.settings.splice else "recv_into a buffer"
-        print_rows(bench.rows, client)
-        print_ttfb(bench.rows)
+        window = f"verify_window = {bench.settings.verify_window:g} s"
+        print_rows(bench.rows, client, PS, f" (fast path on, {window})")
+        print_rows(bench.rows, client, PS_OFF, f" (fast_verify = false, {window}; misses only)")
+        print_ttfb(bench.rows, PS)
+        print_ttfb(bench.rows, PS_OFF)
         print_calibration(bench.cals)
         for note in bench.notes:
             print(f"\nnote: {note}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
+import urllib.request
 from pathlib import Path
 
 from benchprocs import NGINX, Proc, Registry, cpu_seconds, free_port, wait_ready
@@ -113,6 +115,7 @@ class NginxCache:
     """nginx configured as the Arch Wiki's pacman proxy cache."""
 
     name = "nginx"
+    miss_only = False
 
     def __init__(self, reg: Registry, prefix: Path, origin_port: int) -> None:
         self.store = prefix / "store"
@@ -145,13 +148,31 @@ class NginxCache:
         return (sum(cpu_seconds(self.proc.popen.pid)), 0.0)  # master + worker
 
 
+#: One sample of the node's signature-check counter (the lead's metric), e.g.
+#: ``pacswarm_signature_checks_total{outcome="accepted",path="in-process"} 3.0``.
+_CHECKS = re.compile(r"^pacswarm_signature_checks_total\{([^}]*)\}\s+([0-9.eE+-]+)\s*$", re.M)
+_PATH_LABEL = re.compile(r'path="([^"]*)"')
+
+
+def signature_checks(metrics_text: str) -> dict[str, float] | None:
+    """Checks per ``path`` label ("in-process", "gpg") in a /metrics page; None: no metric."""
+    found: dict[str, float] | None = None
+    for labels, value in _CHECKS.findall(metrics_text):
+        path = _PATH_LABEL.search(labels)
+        found = found if found is not None else {}
+        key = path.group(1) if path else "?"
+        found[key] = found.get(key, 0.0) + float(value)
+    if found is None and "pacswarm_signature_checks_total" in metrics_text:
+        found = {}  # declared, nothing counted yet
+    return found
+
+
 class Pacswarm:
     """pacswarm serve; an empty cache means a restart on a fresh --data-dir.
 
     ``extra_config`` is TOML appended to its config file (e.g. ``verify_window = 0``).
+    ``miss_only``: measured in the miss rows only (the fast-path-off node: hits verify nothing).
     """
-
-    name = "pacswarm"
 
     def __init__(
         self,
@@ -161,7 +182,13 @@ class Pacswarm:
         mirrorlist: Path,
         gpgdir: Path,
         extra_config: str = "",
+        name: str = "pacswarm",
+        miss_only: bool = False,
     ):
+        self.name, self.miss_only = name, miss_only
+        #: signature checks counted by earlier processes (each miss repetition restarts it)
+        self.checks_before: dict[str, float] = {}
+        self.checks_seen = False
         self.reg, self.root, self.binary = reg, root, binary
         self.mirrorlist, self.gpgdir = mirrorlist, gpgdir
         self.extra_config = extra_config
@@ -187,11 +214,13 @@ class Pacswarm:
             "bootstrap = []\nmdns = false\n" + self.extra_config
         )
         argv += ["--config", str(config)]
-        self.proc = self.reg.start("pacswarm", argv, self.root / "pacswarm.log")
+        self.proc = self.reg.start(self.name, argv, self.root / "pacswarm.log")
         wait_ready(self.proc, self.port, db_path())  # like pacman -Sy: the db comes first
 
     def clear_cache(self) -> None:
         if self.proc is not None:
+            for path, count in (self._scrape() or {}).items():
+                self.checks_before[path] = self.checks_before.get(path, 0.0) + count
             self.reg.stop(self.proc)
             self.proc = None
         shutil.rmtree(self.data_dir)
@@ -199,6 +228,26 @@ class Pacswarm:
 
     def cached(self, size: int) -> int:
         return count_files(self.data_dir / "cache", size)  # cache/<repo>/<arch>/<file>
+
+    def _scrape(self) -> dict[str, float] | None:
+        try:
+            url = f"http://127.0.0.1:{self.port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                found = signature_checks(resp.read().decode(errors="replace"))
+        except OSError:
+            return None
+        self.checks_seen = self.checks_seen or found is not None
+        return found
+
+    def signature_checks(self) -> dict[str, float] | None:
+        """Checks per path ("in-process", "gpg") since the first start; None: not counted."""
+        live = self._scrape()
+        if live is None and not self.checks_seen:
+            return None
+        total = dict(self.checks_before)
+        for path, count in (live or {}).items():
+            total[path] = total.get(path, 0.0) + count
+        return total
 
     def cpu(self) -> tuple[float, float]:
         """(the pacswarm process, its helpers: gpg runs as a child per verification)."""

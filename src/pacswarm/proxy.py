@@ -38,6 +38,7 @@ from pacswarm.metrics import Metrics
 from pacswarm.passthrough import pass_through
 from pacswarm.repodb import PackageRecord
 from pacswarm.requestpath import BadPath, FileKind, RequestPath, parse_request_path
+from pacswarm.sendspan import SpanSender
 from pacswarm.store import Store
 from pacswarm.upstream import Upstream
 
@@ -347,11 +348,13 @@ class Proxy:
         if request.transport is not None:
             # Let a fast client take a whole read's worth before we wait for it to drain.
             request.transport.set_write_buffer_limits(high=1 << 20)
+        sender = SpanSender(request, resp)
         try:
             # aclosing: a client that left is no reader any more at once (fd closed too).
-            async with contextlib.aclosing(dl.follow(start, end, window_ends)) as chunks:
-                async for chunk in chunks:
-                    await resp.write(chunk)
+            # Spans of the temp file go out with sendfile: no byte is copied through Python.
+            async with contextlib.aclosing(dl.spans(start, end, window_ends)) as spans:
+                async for span in spans:
+                    await sender.send(span)
             await resp.write_eof()
         except DownloadFailed as e:
             # Cut the connection: pacman sees a failed transfer and tries its next Server.
@@ -359,8 +362,10 @@ class Proxy:
             if request.transport is not None:
                 request.transport.abort()
             return resp
-        except ConnectionResetError:  # pacman interrupted: the download goes on without it
+        except ConnectionError:  # pacman interrupted: the download goes on without it
             log.info("client went away during %s (%s)", dl.rp, request.remote)
+            if request.transport is not None:
+                request.transport.abort()  # mid-body: the connection is of no further use
         return resp
 
 

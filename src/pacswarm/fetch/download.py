@@ -69,10 +69,30 @@ log = logging.getLogger(__name__)
 HOLDBACK = 64 * 1024
 #: Largest read from the temp file per write to the client.
 READ_CHUNK = 256 * 1024
+#: Largest span a :meth:`Download.spans` reader hands to one ``sendfile``: between two it looks
+#: at the download's state again (a failed attempt cuts it), and a slow client holds no more.
+SPAN_MAX = 4 * 1024 * 1024
+#: Readers and gpg are woken for new bytes once this many arrived, or once :data:`WAKE_AFTER`
+#: seconds passed since the last wake-up: not per socket read (a wake-up costs a loop step per
+#: reader and a thread switch for gpg), yet a trickling source still shows its progress.
+WAKE_BYTES = 1024 * 1024
+WAKE_AFTER = 0.002
 #: How often the stall watchdog looks at progress.
 WATCHDOG_TICK = 0.25
 #: Free space kept on the cache filesystem beyond a download's size (the db, SQLite, logs).
 DISK_RESERVE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """``length`` bytes at ``offset`` of the open file ``fd``, to send with ``sendfile``.
+
+    The fd belongs to the reader that yielded it and stays open until it is asked for more.
+    """
+
+    fd: int
+    offset: int
+    length: int
 
 
 class State(enum.Enum):
@@ -131,6 +151,9 @@ class Download:
         self.started = asyncio.get_running_loop().time()
         self.got_first_byte = False
         self._changed = asyncio.Event()
+        self._woken_at = -math.inf  # when readers and gpg last heard of new bytes
+        self._woken_bytes = 0  # dl.written they last heard of
+        self._wake_timer: asyncio.TimerHandle | None = None
 
     @property
     def rp(self) -> RequestPath:
@@ -139,6 +162,37 @@ class Download:
     def notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def progressed(self) -> None:
+        """New bytes are in the file: wake readers and gpg now, or in :data:`WAKE_AFTER`.
+
+        At once when :data:`WAKE_BYTES` piled up, the file is complete, or the last wake-up
+        is older than :data:`WAKE_AFTER` (so the first bytes go out without delay).
+        """
+        now = asyncio.get_running_loop().time()
+        if (
+            self.written - self._woken_bytes >= WAKE_BYTES
+            or self.written >= self.size
+            or now - self._woken_at >= WAKE_AFTER
+        ):
+            self._wake(now)
+        elif self._wake_timer is None:
+            delay = self._woken_at + WAKE_AFTER - now
+            self._wake_timer = asyncio.get_running_loop().call_later(delay, self._wake_later)
+
+    def _wake_later(self) -> None:
+        self._wake_timer = None
+        if self.written != self._woken_bytes:  # (a new attempt starts again from 0)
+            self._wake(asyncio.get_running_loop().time())
+
+    def _wake(self, now: float) -> None:
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+            self._wake_timer = None
+        self._woken_at, self._woken_bytes = now, self.written
+        if self.check is not None and self.spill is None:  # streamed: it gets push()
+            self.check.advance(self.written)
+        self.notify()
 
     def sendable(self, window_ends: float, now: float) -> int:
         """How many bytes from the start a reader may send now (window, then hold-back).
@@ -151,18 +205,17 @@ class Download:
             return 0
         return max(0, min(self.written, self.size - HOLDBACK))
 
-    def _read(self, pos: int, n: int) -> bytes:
-        """Up to ``n`` bytes at ``pos``: from memory past a streamed file's end, else the file."""
+    def _piece(self, pos: int, n: int) -> FileSpan | bytes:
+        """Up to ``n`` bytes at ``pos``: memory past a streamed file's end, else a span of the
+        file on an fd of its own (``os.dup``: a new attempt closing the download's fd, and
+        the number reused for the next file, can never redirect a ``sendfile`` in flight)."""
         if self.spill is not None:
             if pos >= self.spill.kept:
-                return self.spill.read(pos, n)
+                return self.spill.read(pos, min(n, READ_CHUNK))
             n = min(n, self.spill.kept - pos)
         if self.fd is None:
             raise DownloadFailed(self.error or "download file gone")
-        data = os.pread(self.fd, n, pos)
-        if not data:
-            raise DownloadFailed("download file shrank")
-        return data
+        return FileSpan(os.dup(self.fd), pos, n)
 
     def trim(self) -> None:
         """Streamed: drop the bytes every reader sent (and gpg got), making room for more."""
@@ -195,7 +248,25 @@ class Download:
             self.task.cancel()
 
     async def follow(self, start: int, end: int, window_ends: float) -> AsyncIterator[bytes]:
-        """Bytes ``start..end`` as they become sendable. Raises :class:`DownloadFailed`.
+        """Bytes ``start..end`` as they become sendable, read into memory: :meth:`spans` for
+        a caller that cannot ``sendfile``. Raises :class:`DownloadFailed`."""
+        pieces = self.spans(start, end, window_ends, span_max=READ_CHUNK)
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                if isinstance(piece, bytes):
+                    yield piece
+                    continue
+                data = os.pread(piece.fd, piece.length, piece.offset)
+                if len(data) != piece.length:
+                    raise DownloadFailed("download file shrank")
+                yield data
+
+    async def spans(
+        self, start: int, end: int, window_ends: float, *, span_max: int = SPAN_MAX
+    ) -> AsyncIterator[FileSpan | bytes]:
+        """Bytes ``start..end`` as they become sendable: spans of the file for ``sendfile``
+        (each on an fd that stays open until the next piece is asked for), or ``bytes`` for
+        what a streamed download holds only in memory. Raises :class:`DownloadFailed`.
 
         A range that stops short of the end gets nothing before verification: the hold-back
         keeps only the file's tail, so such a response would otherwise complete with bytes
@@ -207,11 +278,15 @@ class Download:
         loop = asyncio.get_running_loop()
         reader = _Reader(start, start, self.generation)
         self.readers.add(reader)
+        lent: int | None = None  # the fd of the span last yielded
         try:
             if self.fd is None and self.ended and self.spill is None:
                 with contextlib.suppress(FileNotFoundError):  # cached: read the file (the
                     self.fd = os.open(self.path, os.O_RDONLY)  # last reader closes it)
             while reader.pos < end:
+                if lent is not None:
+                    os.close(lent)
+                    lent = None
                 if self.state is State.FAILED:
                     raise DownloadFailed(self.error)
                 if self.spill is not None and end < self.size and self.state is State.RUNNING:
@@ -223,18 +298,22 @@ class Download:
                 now = loop.time()
                 limit = min(self.sendable(window_ends, now), end)
                 if reader.pos < limit:
-                    data = self._read(reader.pos, min(limit - reader.pos, READ_CHUNK))
+                    piece = self._piece(reader.pos, min(limit - reader.pos, span_max))
+                    if isinstance(piece, FileSpan):
+                        lent = piece.fd
                     if self.state is not State.VERIFIED:
                         reader.sent_unverified = True
-                    reader.pos += len(data)
+                    reader.pos += piece.length if isinstance(piece, FileSpan) else len(piece)
                     self.trim()
-                    yield data
+                    yield piece
                     continue
                 changed = self._changed.wait()
                 timeout = window_ends - now if now < window_ends < math.inf else None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed, timeout)
         finally:
+            if lent is not None:
+                os.close(lent)
             self.readers.discard(reader)
             self._left()
 
@@ -683,9 +762,7 @@ class Downloader:
                 dl.check.push(rest)
         dl.sha.update(chunk)
         dl.written += len(chunk)
-        if dl.check is not None and dl.spill is None:
-            dl.check.advance(dl.written)
-        dl.notify()
+        dl.progressed()  # readers and gpg: batched, not per chunk
 
     def _write(self, dl: Download, chunk: bytes) -> bytes:
         """Write ``chunk`` to the temp file; what did not fit (then the download is streamed)."""
@@ -715,4 +792,4 @@ async def _as_faults(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise SourceFault(f"{type(e).__name__}: {e}") from None
 
 
-__all__ = ["HOLDBACK", "Download", "DownloadFailed", "Downloader"]
+__all__ = ["HOLDBACK", "Download", "DownloadFailed", "Downloader", "FileSpan"]

@@ -90,6 +90,26 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)
 
 
+#: Bytes a package download asks of the socket per read (asyncio's default is 256 KiB).
+SOCKET_READ = 1 << 20
+
+
+def _read_big(resp: aiohttp.ClientResponse) -> None:
+    """Let the connection under a package download read up to :data:`SOCKET_READ` at once.
+
+    Each read costs a loop step, a pwrite, a hash update and a wake-up of the readers, so
+    on a fast link (loopback, a LAN peer) 4x fewer of them is CPU saved. Only after the first
+    body bytes: a first read of 1 MiB would be written and hashed whole before a reader
+    wakes, up to ~1 ms more to pacman's first byte. asyncio's plain-TCP
+    transport reads ``max_size`` bytes per ``recv``; other transports (TLS) have no such
+    attribute and are left alone.
+    """
+    conn = resp.connection
+    transport = conn.transport if conn is not None else None
+    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = SOCKET_READ  # type: ignore[attr-defined]
+
+
 #: pacman's own cap on a package ``.sig`` (dload.c: "hard upper limit of 16KiB").
 MAX_SIGNATURE = 16 * 1024
 
@@ -127,7 +147,11 @@ class MirrorSource:
             skip = offset if resp.status == 200 else 0
             if skip:
                 log.info("%s has no Range support: dropping the first %d bytes", self.mirror, skip)
+            started = False
             async for chunk in resp.content.iter_any():
+                if not started:  # the first bytes at once (pacman's first byte), then big reads
+                    _read_big(resp)
+                    started = True
                 if skip:
                     cut = min(skip, len(chunk))
                     chunk, skip = chunk[cut:], skip - cut
