@@ -55,7 +55,8 @@ def test_makepkg_builds_the_checkout_and_runs_the_unit_tests(built: BuiltPackage
     check = built.log.split("==> Starting check()...", 1)
     assert len(check) == 2, "check() did not run:\n" + built.log
     summary = re.search(r"^=* ?(\d+ \w+.*) in [\d.]+s", check[1], re.M)
-    assert summary and re.fullmatch(r"\d+ passed", summary.group(1)), check[1]
+    # Skips allowed: the tmpfs tests need root, and check() runs as nobody.
+    assert summary and re.fullmatch(r"\d+ passed(, \d+ skipped)?", summary.group(1)), check[1]
     # makepkg's own packaging lint: bytecode compiled in $srcdir would carry its paths.
     assert "reference to $srcdir" not in built.log and "reference to $pkgdir" not in built.log
 
