@@ -60,7 +60,7 @@ class SpanSender:
                 sent = await loop.sendfile(
                     transport, _Fd(span.fd), span.offset, span.length, fallback=False
                 )
-            except (asyncio.SendfileNotAvailableError, NotImplementedError, RuntimeError):
+            except RuntimeError:  # asyncio.SendfileNotAvailableError: TLS, or no sendfile
                 if transport.is_closing():
                     raise ConnectionResetError("client went away") from None
                 self.native = False  # TLS or a loop without sendfile: copy from now on
