@@ -145,6 +145,7 @@ class Node:
             resolver=self.ipns.resolver,
             fetch=peer_blocks.fetch,
         )
+        self.ipfs.before_import = self.downloader.quiet  # pacman's downloads first
         self.duties = Duties(self.swarm, self.downloader, self.store, config.data_dir)
         self.events.committed.subscribe(self._publish)
         self.gc = Collector(self.store, config, self.evict)

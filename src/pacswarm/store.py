@@ -175,20 +175,42 @@ class Store:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def commit_package(
-        self, rp: RequestPath, temp: Path, sha256: str, size: int, signature: bytes, source: str
-    ) -> Path:
-        """Move a *verified* download into the cache (signature, row, then package)."""
+    def stage_package(self, rp: RequestPath, temp: Path, signature: bytes) -> None:
+        """The disk-bound half of a commit: the bytes and the ``.sig`` reach the disk.
+
+        Two fsyncs, no SQL: the download runs it on a worker thread, so the event loop goes on
+        serving pacman's next request meanwhile. :meth:`commit_package` (``staged=True``)
+        finishes the commit.
+        """
+        with open(temp, "rb") as f:
+            os.fsync(f.fileno())
         dest = self.cache_path(rp)
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.write_atomic(dest.with_name(dest.name + ".sig"), signature)
+
+    def commit_package(
+        self,
+        rp: RequestPath,
+        temp: Path,
+        sha256: str,
+        size: int,
+        signature: bytes,
+        source: str,
+        *,
+        staged: bool = False,
+    ) -> Path:
+        """Move a *verified* download into the cache (signature, row, then package).
+
+        ``staged``: :meth:`stage_package` already synced the file and wrote the ``.sig``.
+        """
+        if not staged:
+            self.stage_package(rp, temp, signature)
+        dest = self.cache_path(rp)
         self.sql.execute(
             "INSERT OR REPLACE INTO packages"
             " (repo, arch, filename, sha256, size, source, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (rp.repo, rp.arch, rp.filename, sha256, size, source, time.time()),
         )
-        with open(temp, "rb") as f:
-            os.fsync(f.fileno())
         os.replace(temp, dest)
         return dest
 

@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import random
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -99,8 +100,9 @@ def test_peer_sources_gateway_if_known_else_bitswap_and_banned_peers_left_out(
 ) -> None:
     host = P2PHost(tmp_path / "key", ["/ip4/127.0.0.1/tcp/0"], mdns=False)  # never started
     reputation = Reputation(strikes=1, ban=3600.0)
-    reputation.strike("banned", "sent a bad file", now=0.0)  # monotonic time is far past 0
-    reputation.strike("liar", "sent a bad file", now=1e12)  # banned until long after now
+    now = time.monotonic()  # the node's clock (since boot: a fresh machine is near 0)
+    reputation.strike("banned", "sent a bad file", now=now - 2 * 3600.0)
+    reputation.strike("liar", "sent a bad file", now=now + 1e12)  # banned until long after now
     offers = [
         _offer("gw", url="http://192.168.1.5:4080"),
         _offer("bs"),

@@ -260,10 +260,21 @@ class Admission:
 
     # -- the commit --------------------------------------------------------------------
 
-    def commit(self, want: Want, temp: Path, signed: Signed, sources: list[str]) -> Path:
-        """Move the admitted file into the cache and tell the node. Raises OSError."""
+    def commit(
+        self, want: Want, temp: Path, signed: Signed, sources: list[str], *, staged: bool = False
+    ) -> Path:
+        """Move the admitted file into the cache and tell the node. Raises OSError.
+
+        ``staged``: :meth:`Store.stage_package` already ran (on a worker thread).
+        """
         dest = self.store.commit_package(
-            want.rp, temp, want.record.sha256, want.size, signed.signature, ",".join(sources)
+            want.rp,
+            temp,
+            want.record.sha256,
+            want.size,
+            signed.signature,
+            ",".join(sources),
+            staged=staged,
         )
         log.info("cached %s (%d bytes, verified, from %s)", want.rp, want.size, ", ".join(sources))
         self.events.committed.emit(

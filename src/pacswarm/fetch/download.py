@@ -83,6 +83,11 @@ WATCHDOG_TICK = 0.25
 DISK_RESERVE = 64 * 1024 * 1024
 
 
+#: :meth:`Downloader.quiet`: how long no download must have run, and the longest wait.
+QUIET_FOR = 0.5
+QUIET_AT_MOST = 10.0
+
+
 @dataclass(frozen=True)
 class FileSpan:
     """``length`` bytes at ``offset`` of the open file ``fd``, to send with ``sendfile``.
@@ -338,6 +343,7 @@ class Downloader:
         self._active: dict[tuple[str, str, str], Download] = {}
         self._streaming: set[Download] = set()  # streamed: out of the registry, still running
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_busy = 0.0  # loop time a download last ended
 
     def running(self) -> list[Download]:
         """The downloads in flight (the status page shows their progress)."""
@@ -345,6 +351,22 @@ class Downloader:
 
     def active(self, rp: RequestPath) -> Download | None:
         return self._active.get((rp.repo, rp.arch, rp.filename))
+
+    async def quiet(self, quiet_for: float = QUIET_FOR, at_most: float = QUIET_AT_MOST) -> None:
+        """Return once no download has run for ``quiet_for`` s (or after ``at_most`` s).
+
+        What can wait (the IPFS import of a package just cached) waits here, so that on a
+        small machine it does not take CPU from the downloads pacman is waiting for; a burst
+        of misses (``pacman -Syu``) runs first, its imports right after.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + at_most
+        while (now := loop.time()) < give_up:
+            if self._tasks:
+                wait = quiet_for
+            elif (wait := self._last_busy + quiet_for - now) <= 0:
+                return
+            await asyncio.sleep(min(wait, give_up - now))
 
     def get_or_start(
         self,
@@ -435,6 +457,7 @@ class Downloader:
             await self._run_attempts(dl)
         finally:
             self._streaming.discard(dl)
+            self._last_busy = asyncio.get_running_loop().time()
             dl.end()
 
     async def _run_attempts(self, dl: Download) -> None:
@@ -606,9 +629,9 @@ class Downloader:
             self._not_cached(dl, f"{dl.rp.filename} was streamed, not cached: the disk is full")
             return
         try:
-            assert dl.fd is not None
-            await asyncio.to_thread(os.fsync, dl.fd)
-            dest = self.admission.commit(dl.want, dl.path, signed, dl.sources)
+            # The fsyncs off the loop: pacman's next request is served meanwhile.
+            await asyncio.to_thread(self.store.stage_package, dl.rp, dl.path, signed.signature)
+            dest = self.admission.commit(dl.want, dl.path, signed, dl.sources, staged=True)
         except (OSError, sqlite3.Error) as e:
             log.error("verified %s but could not cache it: %s (check free space)", dl.rp, e)
             # Readers go on from the open file (dl.fd): pacman still gets its verified file.

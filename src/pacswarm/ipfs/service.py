@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,6 +124,11 @@ class IpfsService:
         #: Called with the libp2p host before it listens: protocols served from here are in
         #: the very first identify peers get (they decide from it whether we are pacswarm).
         self.before_listen: list[Callable[[P2PHost], None]] = []
+        #: Awaited before each import: the node waits there while pacman's downloads run
+        #: (:meth:`Downloader.quiet`), so importing never slows a burst of misses.
+        self.before_import: Callable[[], Awaitable[None]] | None = None
+        # One import at a time, in order: after a burst they queue rather than share the CPU.
+        self._importer = ThreadPoolExecutor(1, thread_name_prefix="ipfs-import")
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -179,6 +185,8 @@ class IpfsService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # An import already running cannot be cancelled: let it finish before the store closes.
+        await asyncio.to_thread(self._importer.shutdown, True, cancel_futures=True)
         if self.host is not None:
             await self.host.stop()
         if self._gateway is not None:
@@ -207,10 +215,20 @@ class IpfsService:
 
     async def _publish(self, rp: RequestPath, path: Path) -> CID | None:
         assert self.blocks is not None
+        if self.before_import is not None:
+            await self.before_import()
+        if not path.exists():  # evicted while it waited
+            return None
+        loop = asyncio.get_running_loop()
         try:
-            root = await asyncio.to_thread(self.blocks.add_package, package_key(rp), path)
+            root = await loop.run_in_executor(
+                self._importer, self.blocks.add_package, package_key(rp), path
+            )
         except (OSError, BlockstoreError) as e:
             log.warning("could not add %s to IPFS: %s", rp, e)
+            return None
+        if not path.exists():  # evicted while it was imported: its blocks go too
+            self.forget(rp)
             return None
         log.info("ipfs: %s is /ipfs/%s", rp.filename, root)
         self._imported(rp, root)
