@@ -89,6 +89,7 @@ class Bench:
     servers: list[Server]
     packages: dict[int, list[Package]]
     deadline: float
+    tmp: Path
     rows: list[Row] = field(default_factory=list)
     cals: list[Calibration] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -193,17 +194,39 @@ def measure(bench: Bench, server: Server, row: Row, plans: list[list[str]]) -> N
     checks0 = server.signature_checks() if isinstance(server, Pacswarm) else None
     own0, helpers0 = server.cpu()
     run = run_clients(server.port, plans, REQUEST_TIMEOUT, splice=bench.settings.splice)
+    during = server.cpu()[0] - own0
+    if isinstance(server, Pacswarm) and row.case == "miss":
+        server.settle()  # the import and announcement each miss leaves behind are its cost
     own1, helpers1 = server.cpu()
     checks1 = server.signature_checks() if isinstance(server, Pacswarm) else None
     short = [f for f in run.fetches if f.nbytes != row.size]
     if short:
         raise RuntimeError(f"{server.name}: {short[0].path} came back with {short[0].nbytes} B")
     series = row.of(server.name)
-    series.add(run.nbytes, run.wall, (own1 - own0, helpers1 - helpers0), run.cpu)
+    series.add(run.nbytes, run.wall, (own1 - own0, helpers1 - helpers0), run.cpu, during)
     series.add_checks(checks0, checks1)
     if row.case == "miss":
         series.ttfb_ms.extend(f.ttfb * 1000 for f in run.fetches)
         series.tail_ms.extend(f.tail_wait * 1000 for f in run.fetches if f.tail_at)
+
+
+def recycle_pages(tmp: Path, nbytes: int) -> None:
+    """Write and delete a file as big as what the repetition will cache, just before it.
+
+    On a VM whose balloon driver hands free memory back to the host (free page reporting,
+    as here), the first write to a page the host took back costs ~2 CPU s/GB, ten times a
+    page-cache write on bare metal (0.2). Which server paid it depended on timing: nginx's
+    cache is cleared right before its repetition, so it reused the pages it had just
+    freed, while a pacswarm node restarts in between, long enough for the host to take
+    them back. This gives every server, every repetition, recently used pages, as on a
+    machine without that tax.
+    """
+    path = tmp / "recycle-pages"
+    piece = bytes(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range((nbytes + nbytes // 4 + (64 << 20)) >> 20):
+            f.write(piece)
+    path.unlink()
 
 
 def drop_pacswarm(bench: Bench, row: Row | None, error: BaseException, name: str) -> None:
@@ -233,6 +256,7 @@ def run_row(bench: Bench, size: int, clients: int, case: str) -> None:
                 if case == "miss":
                     server.clear_cache()
                     os.sync()  # earlier repetitions' writeback must not cost this one
+                    recycle_pages(bench.tmp, row.size * sum(len(p) for p in plans))
                 measure(bench, server, row, plans)
             except (OSError, RuntimeError) as e:
                 if not isinstance(server, Pacswarm):
@@ -360,7 +384,7 @@ def run_all(
     print(f"load average at the start: {loadavg()} ({os.cpu_count()} CPUs)", flush=True)
     gpgdir, packages = build_origin(s, tmp, homes)
     origin, servers, why = start_servers(s, tmp, reg, gpgdir)
-    bench = Bench(s, origin, servers, packages, start + s.time_limit)
+    bench = Bench(s, origin, servers, packages, start + s.time_limit, tmp)
     bench_box.append(bench)
     for reason in why:
         bench.notes.append(reason)

@@ -17,7 +17,8 @@ class Series:
     mbps: list[float] = field(default_factory=list)  # one per repetition
     ttfb_ms: list[float] = field(default_factory=list)  # one per request
     tail_ms: list[float] = field(default_factory=list)  # last 64 KiB, one per request
-    server_cpu: float = 0.0  # the server process(es) themselves
+    server_cpu: float = 0.0  # the server process(es) themselves, with the work left behind
+    run_cpu: float = 0.0  # the server process itself while the clients ran (for ps cores)
     helper_cpu: float = 0.0  # helper processes they ran (pacswarm: gpg)
     client_cpu: float = 0.0
     wall: float = 0.0
@@ -39,11 +40,21 @@ class Series:
             return "n/a"
         return f"{100 * self.in_process / decided:.0f}%"
 
-    def add(self, nbytes: int, wall: float, cpu: tuple[float, float], client_cpu: float) -> None:
+    def add(
+        self,
+        nbytes: int,
+        wall: float,
+        cpu: tuple[float, float],
+        client_cpu: float,
+        run_cpu: float | None = None,
+    ) -> None:
+        """``cpu``: (server, helpers) until the server was idle; ``run_cpu``: the server's
+        own CPU while the clients ran (default: ``cpu[0]``, nothing was left behind)."""
         self.mbps.append(nbytes / wall / 1e6)
         self.nbytes += nbytes
         self.wall += wall
         self.server_cpu += max(0.0, cpu[0])
+        self.run_cpu += max(0.0, cpu[0] if run_cpu is None else run_cpu)
         self.helper_cpu += max(0.0, cpu[1])
         self.client_cpu += client_cpu
 
@@ -112,7 +123,7 @@ def _row_line(row: Row, name: str) -> str:
     ps_cpu = _fmt(_per_gb(ps.server_cpu, ps.nbytes), "5.2f")
     gpg_cpu = _fmt(_per_gb(ps.helper_cpu, ps.nbytes), "4.2f")
     ngx_cpu = _fmt(_per_gb(ngx.server_cpu, ngx.nbytes), "5.2f")
-    busy = ps.server_cpu / ps.wall if ps.wall else None
+    busy = ps.run_cpu / ps.wall if ps.wall else None
     clients = [s.client_cpu / s.wall for s in (ps, ngx) if s.wall]
     client = max(clients) if clients else None
     return (
@@ -147,8 +158,11 @@ def print_rows(rows: list[Row], client: str, name: str = PS, title: str = "") ->
     print("ratio = pacswarm/nginx of the medians; * = below target in this run; rep range =")
     print("lowest-highest ratio of paired repetitions (run back to back), to judge the noise.")
     print("reps: misses as given, hits 2 x reps + 1. CPU s/GB = server CPU seconds")
-    print("per GB served: pacswarm's own process + its gpg children / nginx master+worker.")
-    print("ps cores = pacswarm's own CPU s / wall s (near 1.0 = CPU bound: it is one process).")
+    print("per GB served: pacswarm's own process + its gpg children / nginx master+worker;")
+    print("for pacswarm's misses counted until the node is idle again: the IPFS import and")
+    print("announcement a miss leaves for after the downloads are part of its cost.")
+    print("ps cores = pacswarm's own CPU s / wall s while the clients ran (near 1.0 = CPU")
+    print("bound: one event loop).")
     print("client = cores used by the benchmark's client threads (max of both sides).")
     print("in-proc = share of the packages whose signature pacswarm decided in-process (its")
     print("/metrics pacswarm_signature_checks_total{path=...}); n/a: the node does not count it.")

@@ -167,6 +167,11 @@ def signature_checks(metrics_text: str) -> dict[str, float] | None:
     return found
 
 
+#: How often :meth:`Pacswarm.settle` looks at the node's CPU time; it must span the 0.5 s an
+#: import waits for downloads to end.
+SETTLE_TICK = 0.7
+
+
 class Pacswarm:
     """pacswarm serve; an empty cache means a restart on a fresh --data-dir.
 
@@ -248,6 +253,20 @@ class Pacswarm:
         for path, count in (live or {}).items():
             total[path] = total.get(path, 0.0) + count
         return total
+
+    def settle(self, timeout: float = 20.0) -> None:
+        """Wait until the node is idle: what a miss leaves behind (the IPFS import, which
+        waits for the downloads to end, the announcement) is part of its cost."""
+        if self.proc is None:
+            return
+        deadline = time.monotonic() + timeout
+        last = sum(self.cpu())
+        while time.monotonic() < deadline:
+            time.sleep(SETTLE_TICK)
+            now = sum(self.cpu())
+            if now - last < SETTLE_TICK * 0.02:  # under 2% of a core: idle
+                return
+            last = now
 
     def cpu(self) -> tuple[float, float]:
         """(the pacswarm process, its helpers: gpg runs as a child per verification)."""
