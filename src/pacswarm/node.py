@@ -147,6 +147,7 @@ class Node:
         )
         self.ipfs.before_import = self.downloader.quiet  # pacman's downloads first
         self.duties = Duties(self.swarm, self.downloader, self.store, config.data_dir)
+        self.events.committed.subscribe(self.swarm.on_committed)  # before the import
         self.events.committed.subscribe(self._publish)
         self.gc = Collector(self.store, config, self.evict)
         self.events.committed.subscribe(self.gc.poke)

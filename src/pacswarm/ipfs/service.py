@@ -127,8 +127,10 @@ class IpfsService:
         #: Awaited before each import: the node waits there while pacman's downloads run
         #: (:meth:`Downloader.quiet`), so importing never slows a burst of misses.
         self.before_import: Callable[[], Awaitable[None]] | None = None
-        # One import at a time, in order: after a burst they queue rather than share the CPU.
+        # One import at a time, in commit order (asyncio.Lock is FIFO): after a burst they
+        # queue rather than share the CPU, and each waits again if pacman starts over.
         self._importer = ThreadPoolExecutor(1, thread_name_prefix="ipfs-import")
+        self._in_order = asyncio.Lock()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -215,18 +217,19 @@ class IpfsService:
 
     async def _publish(self, rp: RequestPath, path: Path) -> CID | None:
         assert self.blocks is not None
-        if self.before_import is not None:
-            await self.before_import()
-        if not path.exists():  # evicted while it waited
-            return None
-        loop = asyncio.get_running_loop()
-        try:
-            root = await loop.run_in_executor(
-                self._importer, self.blocks.add_package, package_key(rp), path
-            )
-        except (OSError, BlockstoreError) as e:
-            log.warning("could not add %s to IPFS: %s", rp, e)
-            return None
+        async with self._in_order:
+            if self.before_import is not None:
+                await self.before_import()
+            if not path.exists():  # evicted while it waited
+                return None
+            loop = asyncio.get_running_loop()
+            try:
+                root = await loop.run_in_executor(
+                    self._importer, self.blocks.add_package, package_key(rp), path
+                )
+            except (OSError, BlockstoreError) as e:
+                log.warning("could not add %s to IPFS: %s", rp, e)
+                return None
         if not path.exists():  # evicted while it was imported: its blocks go too
             self.forget(rp)
             return None

@@ -55,8 +55,10 @@ if TYPE_CHECKING:
     import aiohttp
 
     from pacswarm.dbsync import RepoDbs
+    from pacswarm.events import Committed
     from pacswarm.fetch.peers import PeerHealth
     from pacswarm.ipfs.host import P2PHost
+    from pacswarm.repodb import PackageRecord
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,9 @@ class Swarm:
         self.rng = random.Random()
         #: Why a package about to be downloaded is wanted ("seeded", "audited"), by key.
         self.why: dict[tuple[str, str, str], str] = {}
+        #: What was verified, by key, until its import is done: the import waits for the
+        #: downloads to end, and the db may have moved on to a newer version meanwhile.
+        self._verified: dict[tuple[str, str, str], PackageRecord] = {}
         self._topics: set[tuple[str, str]] = set()
         #: Connected peers that are pacswarm nodes of this swarm.
         self.members: set[str] = set()
@@ -207,9 +212,18 @@ class Swarm:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def on_committed(self, committed: Committed) -> None:
+        """Remember what was verified: :meth:`on_imported` announces exactly that."""
+        rp = committed.rp
+        self._verified[(rp.repo, rp.arch, rp.filename)] = committed.record
+
     def on_imported(self, rp: RequestPath, cid: CID) -> None:
-        """A verified package got its CID: it is ours now; announce it if allowed."""
-        record = self.dbs.lookup(rp.repo, rp.arch, rp.filename)
+        """A verified package got its CID: it is ours now; announce it if allowed.
+
+        A package cached before this start has no committed record: the db's is used.
+        """
+        key = (rp.repo, rp.arch, rp.filename)
+        record = self._verified.pop(key, None) or self.dbs.lookup(*key)
         if record is None or self.own is None:
             return
         entry = Entry(record.sha256, str(cid), record.csize, rp.filename)
@@ -219,6 +233,7 @@ class Swarm:
             self.gossip.announce(rp.repo, rp.arch, entry)
 
     def on_evicted(self, rp: RequestPath) -> None:
+        self._verified.pop((rp.repo, rp.arch, rp.filename), None)
         if self.own is not None:
             self.own.remove(rp.repo, rp.arch, rp.filename)
 
