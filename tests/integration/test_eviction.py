@@ -9,7 +9,6 @@ finished at the next start, and ``pacswarm gc --dry-run`` changes nothing.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pacswarm.ipfs.identity import load_or_create_identity
 from pacswarm.ipfs.unixfs import import_stream
 from pacswarm.ipns.record import ipns_name, name_multihash
 from tests.support import versions
+from tests.support.cluster import own_announced
 from tests.support.mirror import MirrorServer
 from tests.support.node import PacswarmNode
 from tests.support.pacman import PacmanEnv
@@ -57,13 +57,6 @@ def http_get(url: str) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def own_announced(node: PacswarmNode) -> set[str]:
-    """What the node offers its peers (the swarm's own set), read from its database."""
-    path = node.data_dir / "swarm" / "announcements.sqlite"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as sql:
-        return {row[0] for row in sql.execute("SELECT filename FROM own")}
 
 
 def folder_page(node: PacswarmNode) -> str:

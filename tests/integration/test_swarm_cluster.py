@@ -29,6 +29,7 @@ from tests.support.cluster import (
     tail,
     wait_known,
     wait_log,
+    wait_offered,
 )
 from tests.support.hostile import HostileNode
 from tests.support.mirror import MirrorServer
@@ -104,6 +105,8 @@ def test_peers_serve_the_cluster_and_the_mirror_sends_each_package_once(
     b, c = cluster.add("b"), cluster.add("c")  # both bootstrap to a
     a.install(*INSTALL)
     refuse_packages(mirror)
+    # a imports and announces once its downloads are over (they come first on its machine).
+    wait_offered(a, [test_repo.packages[name].filename for name in ALL])
     # b: a fresh node's first `pacman -Sy` and install in one run: it learns what a holds
     # from the inventory pull its new dbs start, before its downloads plan their sources.
     b.install(*INSTALL)

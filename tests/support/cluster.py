@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -319,6 +320,33 @@ def wait_known(
                 f"{tail(node.log())}"
             )
         time.sleep(0.2)
+
+
+def own_announced(node: PacswarmNode) -> set[str]:
+    """What the node offers its peers (the swarm's own set), read from its database."""
+    path = node.data_dir / "swarm" / "announcements.sqlite"
+    if not path.exists():
+        return set()
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as sql:
+        return {row[0] for row in sql.execute("SELECT filename FROM own")}
+
+
+def wait_offered(node: SwarmNode, filenames: Iterable[str], timeout: float = KNOW_TIMEOUT) -> None:
+    """Until ``node`` offers every one of ``filenames`` to its peers.
+
+    A node imports and announces what it cached once its downloads are over (the import
+    waits for them: ``Downloader.quiet``), so a peer asking right after a ``pacman -S``
+    would find it still importing.
+    """
+    wanted = set(filenames)
+    deadline = time.monotonic() + timeout
+    while not wanted <= (offered := own_announced(node)):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{node.name} does not offer {sorted(wanted - offered)} after {timeout} s\n"
+                f"{tail(node.log())}"
+            )
+        time.sleep(0.1)
 
 
 def _holds(holders: list[str], holder: str | None) -> bool:
