@@ -8,6 +8,12 @@ and the time to first byte of a miss. A second pacswarm node with ``fast_verify 
 (every signature to gpg) runs the misses in the same repetitions: its table shows what the
 in-process check gains. Only ratios from one run mean anything on a shared machine.
 
+Every miss repetition starts on recently used memory (:func:`recycle_pages`: on a VM that
+hands free memory back to its host, the first write to such a page costs ~2 CPU s/GB, and
+which server paid it used to depend on timing). pacswarm's CPU for a miss is counted until the
+node is idle again: the IPFS import and announcement it leaves for after the downloads (they
+wait for pacman's downloads to end) are part of what a miss costs.
+
     .venv/bin/python bench/bench_proxy.py [--quick] [--sizes 1,20,300] [--reps 5]
 
 Everything lives in a temp dir; every process started (nginx masters, pacswarm, gpg-agents) is

@@ -296,9 +296,9 @@ class Proxy:
         if cached.is_file():
             return await self.serve_file(request, cached, count="package-sig")
         pkg = RequestPath(rp.repo, rp.arch, rp.package_filename, FileKind.PACKAGE)
-        dl = self.downloader.active(pkg)
-        if dl is not None and dl.signature:
-            return web.Response(body=dl.signature, content_type=OCTETS)
+        signature = self.downloader.signature_of(pkg)
+        if signature is not None:
+            return web.Response(body=signature, content_type=OCTETS)
         record = self.dbs.lookup(rp.repo, rp.arch, rp.package_filename)
         if record is not None and record.pgpsig:
             return web.Response(body=record.pgpsig, content_type=OCTETS)

@@ -86,6 +86,8 @@ DISK_RESERVE = 64 * 1024 * 1024
 #: :meth:`Downloader.quiet`: how long no download must have run, and the longest wait.
 QUIET_FOR = 0.5
 QUIET_AT_MOST = 10.0
+#: How many signatures of verified, uncached packages are kept for pacman's .sig request.
+UNCACHED_SIGS = 64
 
 
 @dataclass(frozen=True)
@@ -344,6 +346,9 @@ class Downloader:
         self._streaming: set[Download] = set()  # streamed: out of the registry, still running
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_busy = 0.0  # loop time a download last ended
+        #: Signatures of packages sent to pacman verified but not cached (disk full, a failed
+        #: commit): pacman asks for the .sig right after the package. The latest few.
+        self._uncached_sigs: dict[tuple[str, str, str], bytes] = {}
 
     def running(self) -> list[Download]:
         """The downloads in flight (the status page shows their progress)."""
@@ -351,6 +356,14 @@ class Downloader:
 
     def active(self, rp: RequestPath) -> Download | None:
         return self._active.get((rp.repo, rp.arch, rp.filename))
+
+    def signature_of(self, rp: RequestPath) -> bytes | None:
+        """The verified signature of a running or just uncached download of ``rp``."""
+        key = (rp.repo, rp.arch, rp.filename)
+        dl = self._active.get(key)
+        if dl is not None and dl.signature:
+            return dl.signature
+        return self._uncached_sigs.get(key)
 
     async def quiet(self, quiet_for: float = QUIET_FOR, at_most: float = QUIET_AT_MOST) -> None:
         """Return once no download has run for ``quiet_for`` s (or after ``at_most`` s).
@@ -663,6 +676,11 @@ class Downloader:
         is unlinked now (nothing unverified or half-written stays on disk)."""
         dl.error = reason
         dl.path.unlink(missing_ok=True)
+        if dl.signature:
+            self._uncached_sigs.pop(dl.want.key, None)
+            self._uncached_sigs[dl.want.key] = dl.signature
+            while len(self._uncached_sigs) > UNCACHED_SIGS:
+                del self._uncached_sigs[next(iter(self._uncached_sigs))]
         self._unregister(dl)
         dl.done.set_exception(DownloadFailed(reason))
         dl.done.exception()  # retrieved: a fetch() nobody awaits must not warn
