@@ -130,7 +130,7 @@ class Node:
             self.downloader,
             self.upstream,
             config.verify_window,
-            publish_now=self.ipns.publish_now,
+            publish_now=self._publish_now,
             gc_now=self.gc_now,
             metrics=self.metrics,
         )
@@ -162,6 +162,11 @@ class Node:
         self.dbs.on_index = self.swarm.on_db_updated
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _publish_now(self) -> dict[str, object]:
+        """``pacswarm publish``: the imports still waiting for downloads to end go first."""
+        await self.ipfs.imports_done()
+        return await self.ipns.publish_now()
 
     def _publish(self, committed: Committed) -> None:
         self.ipfs.publish(committed.rp, committed.path)

@@ -215,6 +215,13 @@ class IpfsService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def imports_done(self, timeout: float = 20.0) -> None:
+        """Until the packages cached so far are imported (``pacswarm publish`` waits here, so
+        the folder it publishes holds what pacman just downloaded)."""
+        pending = list(self._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
     async def _publish(self, rp: RequestPath, path: Path) -> CID | None:
         assert self.blocks is not None
         async with self._in_order:

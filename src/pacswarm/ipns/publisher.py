@@ -166,8 +166,11 @@ class IpnsPublisher:
 
     # publishing -----------------------------------------------------------------------------
 
-    async def publish(self, root: CID) -> bytes:
+    async def publish(self, root: CID, *, unless_current: bool = False) -> bytes:
         """Sign ``/ipfs/<root>`` with the next sequence, keep it, announce it; the record.
+
+        ``unless_current``: if the current record already points at ``root`` (another
+        publish got there while this one waited), that record is kept as it is.
 
         Raises :class:`IpnsPublishError` when ``[ipns] publish = false``, or a
         :class:`~pacswarm.ipns.sequence.SequenceError` when the counter cannot be written
@@ -179,6 +182,9 @@ class IpnsPublisher:
                 "set it to true to publish this node's folders"
             )
         async with self._lock:
+            current = self._current
+            if unless_current and current is not None and current.value == f"/ipfs/{root}".encode():
+                return current.raw
             record = await self._sign(f"/ipfs/{root}")
             log.info("ipns: %s -> /ipfs/%s (sequence %d)", self.name, root, record.sequence)
             await self._announce(record)

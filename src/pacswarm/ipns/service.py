@@ -163,8 +163,8 @@ class IpnsService:
     async def _publish_newest(self) -> None:
         while self._next_root is not None:
             root, self._next_root = self._next_root, None
-            try:
-                await self.publisher.publish(root)
+            try:  # a root pacswarm publish got out first is not signed again
+                await self.publisher.publish(root, unless_current=True)
             except Exception as e:  # a full disk for the counter: the next root retries
                 log.warning("ipns: could not publish /ipfs/%s: %s", root, e)
 
